@@ -1,0 +1,51 @@
+"""The ``mindvideo`` command line. Commands only wrap library functions.
+
+User mistakes raise :class:`~mindvideo.errors.MindVideoError` in the library; :class:`Group` turns them into one
+line on stderr and exit code 2 (no traceback). Command groups live in sibling modules and are attached in
+:func:`_attach`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from mindvideo.errors import MindVideoError
+
+
+class Group(click.Group):
+    """A click group that reports :class:`MindVideoError` as ``error: …`` and exits with code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MindVideoError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mindvideo")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """mindvideo: reconstruct the video a person watched from their fMRI (MinD-Video), fast.
+
+    \b
+    Example:
+      mindvideo demo --out demo_out/
+      mindvideo generate --checkpoint CKPT --fmri window.npy --out clip.mp4
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _attach() -> None:
+    from mindvideo.cli import core
+
+    for command in core.COMMANDS:
+        main.add_command(command)
+
+
+_attach()

@@ -1,0 +1,320 @@
+"""``VideoUNet``: the SD-1.5 UNet inflated to video (MinD-Video §3.3, after Tune-A-Video).
+
+Every 2-D convolution, up/down-sampling and transformer runs per frame on ``(B·F, C, H, W)``; self-attention becomes
+sparse-causal over earlier frames, a zero-initialised temporal attention follows each feed-forward, and
+cross-attention conditions every frame on the clip's fMRI embedding ``(B, 77, 768)``.
+
+One detail follows the reference code rather than a per-frame reading of the paper: the GroupNorms of the resnets
+and of ``conv_norm_out`` run on the 5-D video tensor, so their statistics pool all frames of a clip
+(``video_norm="video"``, the default). ``video_norm="frame"`` normalises each frame alone. With identical frames the
+two agree, and so does the whole network with diffusers' ``UNet2DConditionModel``.
+
+State-dict keys equal diffusers' ``UNet2DConditionModel`` plus ``attn_temp.*`` / ``norm_temp.*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mindvideo.config import Config
+from mindvideo.models.attention import VideoTransformer
+
+CROSS_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock3D")
+PLAIN_DOWN = ("DownBlock2D", "DownBlock3D")
+CROSS_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock3D")
+PLAIN_UP = ("UpBlock2D", "UpBlock3D")
+MID = ("UNetMidBlock2DCrossAttn", "UNetMidBlock3DCrossAttn")
+
+
+@dataclasses.dataclass
+class VideoUNetConfig(Config):
+    """The diffusers ``UNet2DConditionModel`` config keys we support, plus the video settings (last three)."""
+
+    sample_size: int = 64
+    in_channels: int = 4
+    out_channels: int = 4
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple[str, ...] = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    act_fn: str = "silu"
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    cross_attention_dim: int = 768
+    attention_head_dim: int | tuple[int, ...] = 8  # diffusers' historical name: the number of heads for SD-1.x
+    num_attention_heads: int | tuple[int, ...] | None = None
+    use_linear_projection: bool = False
+    frame_offsets: tuple[int | None, ...] = (-2, -1)
+    temporal_attention: bool = True
+    video_norm: str = "video"
+
+    @classmethod
+    def sd15(cls) -> VideoUNetConfig:
+        """Stable Diffusion 1.5's UNet (859.5 M parameters before the temporal layers)."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> VideoUNetConfig:
+        """Test/demo size: channels (32, 64), 8 groups, cross-attention dim 32."""
+        return cls(
+            sample_size=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            norm_num_groups=8,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+        )
+
+    def heads(self) -> tuple[int, ...]:
+        heads = self.num_attention_heads or self.attention_head_dim
+        return tuple(heads) if isinstance(heads, tuple) else (heads,) * len(self.down_block_types)
+
+    def validate(self) -> None:
+        for kind, names in (("down", self.down_block_types), ("up", self.up_block_types)):
+            allowed = CROSS_DOWN + PLAIN_DOWN if kind == "down" else CROSS_UP + PLAIN_UP
+            bad = [n for n in names if n not in allowed]
+            if bad:
+                raise ValueError(f"unsupported {kind} block types {bad}; expected {allowed}")
+        if self.mid_block_type not in MID:
+            raise ValueError(f"unsupported mid block {self.mid_block_type!r}; expected {MID}")
+        if self.video_norm not in ("video", "frame"):
+            raise ValueError(f"video_norm must be 'video' or 'frame', got {self.video_norm!r}")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, shift: float) -> torch.Tensor:
+    """Sinusoidal embedding of (fractional) timesteps, (B,) → (B, dim) fp32, as in DDPM/LDM."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - shift))
+    angles = t.float()[:, None] * freqs[None]
+    sin, cos = torch.sin(angles), torch.cos(angles)
+    return torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.linear_1, self.linear_2 = nn.Linear(dim, out), nn.Linear(out, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class VideoGroupNorm(nn.GroupNorm):
+    """GroupNorm on ``(B·F, C, H, W)`` whose statistics pool the F frames of each clip (the reference's 5-D norm)."""
+
+    def forward_video(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        if frames == 1:
+            return super().forward(x)
+        bf, c, h, w = x.shape
+        g = x.float().reshape(bf // frames, frames, self.num_groups, -1)  # (B, F, G, C/G·H·W)
+        mean = g.mean(dim=(1, 3), keepdim=True)
+        var = (g - mean).pow(2).mean(dim=(1, 3), keepdim=True)
+        y = ((g - mean) * torch.rsqrt(var + self.eps)).reshape(bf, c, h, w).to(x.dtype)
+        return y * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def norm(x: torch.Tensor, layer: VideoGroupNorm, frames: int, video: bool) -> torch.Tensor:
+    return layer.forward_video(x, frames) if video else layer(x)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm → SiLU → conv → + time → GroupNorm → SiLU → conv, with a 1×1 shortcut when channels change."""
+
+    def __init__(self, cin: int, cout: int, temb: int, groups: int, eps: float, video_norm: bool):
+        super().__init__()
+        self.video_norm = video_norm
+        self.norm1 = VideoGroupNorm(groups, cin, eps=eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb, cout)
+        self.norm2 = VideoGroupNorm(groups, cout, eps=eps)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
+        """``x``: (B·F, C, H, W); ``emb``: (B·F, T) → (B·F, C', H, W)."""
+        h = self.conv1(F.silu(norm(x, self.norm1, frames, self.video_norm)))
+        h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
+        h = self.conv2(F.silu(norm(h, self.norm2, frames, self.video_norm)))
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, padding: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest"))
+
+
+class UNetBlock(nn.Module):
+    """One resolution level: resnets, each followed by a transformer when ``cross``, then a resampler.
+
+    ``skip_channels`` is empty for a down block; for an up block it lists the channels of the skip tensor that each
+    resnet concatenates before running (popped from the down path, last first).
+    """
+
+    def __init__(self, cfg: VideoUNetConfig, cin: int, cout: int, heads: int, *, cross: bool, resample: str,
+                 skip_channels: tuple[int, ...] = (), prev_channels: int | None = None):  # fmt: skip
+        super().__init__()
+        temb, groups, vn = cfg.block_out_channels[0] * 4, cfg.norm_num_groups, cfg.video_norm == "video"
+        n = len(skip_channels) or cfg.layers_per_block
+        ins = [(prev_channels if i == 0 else cout) + skip_channels[i] for i in range(n)] if skip_channels else (
+            [cin] + [cout] * (n - 1))  # fmt: skip
+        self.resnets = nn.ModuleList([ResnetBlock(c, cout, temb, groups, cfg.norm_eps, vn) for c in ins])
+        if cross:
+            self.attentions = nn.ModuleList(
+                [VideoTransformer(cout, heads, cfg.cross_attention_dim, cfg.frame_offsets, groups=groups,
+                                  linear_projection=cfg.use_linear_projection, temporal=cfg.temporal_attention)
+                 for _ in range(n)]  # fmt: skip
+            )
+        else:
+            self.attentions = None
+        if resample == "down":
+            self.downsamplers = nn.ModuleList([Downsample(cout, cfg.downsample_padding)])
+        elif resample == "up":
+            self.upsamplers = nn.ModuleList([Upsample(cout)])
+
+    def forward_down(self, x, emb, context, frames):
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, emb, frames)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context, frames)
+            skips.append(x)
+        if hasattr(self, "downsamplers"):
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+    def forward_up(self, x, emb, context, frames, skips: list[torch.Tensor], size=None):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), emb, frames)  # (B·F, C+C_skip, H, W)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context, frames)
+        if hasattr(self, "upsamplers"):
+            x = self.upsamplers[0](x, size)
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, cfg: VideoUNetConfig, channels: int, heads: int):
+        super().__init__()
+        temb, groups, vn = cfg.block_out_channels[0] * 4, cfg.norm_num_groups, cfg.video_norm == "video"
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, temb, groups, cfg.norm_eps, vn) for _ in "ab"])
+        self.attentions = nn.ModuleList(
+            [VideoTransformer(channels, heads, cfg.cross_attention_dim, cfg.frame_offsets, groups=groups,
+                              linear_projection=cfg.use_linear_projection, temporal=cfg.temporal_attention)]
+        )  # fmt: skip
+
+    def forward(self, x, emb, context, frames):
+        x = self.resnets[0](x, emb, frames)
+        x = self.attentions[0](x, context, frames)
+        return self.resnets[1](x, emb, frames)
+
+
+class VideoUNet(nn.Module):
+    """The inflated SD UNet: ``forward(sample (B, C, F, h, w), timestep, encoder_hidden_states (B, L, D))``."""
+
+    def __init__(self, config: VideoUNetConfig | None = None):
+        super().__init__()
+        cfg = self.config = config or VideoUNetConfig()
+        cfg.validate()
+        chans, heads = cfg.block_out_channels, cfg.heads()
+        temb = chans[0] * 4
+        # 1. input, time embedding
+        self.conv_in = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
+        self.time_embedding = TimestepEmbedding(chans[0], temb)
+        # 2. down path; record the skip channels the up path will pop
+        skips = [chans[0]]
+        self.down_blocks = nn.ModuleList()
+        for i, kind in enumerate(cfg.down_block_types):
+            cin, final = chans[max(i - 1, 0)], i == len(chans) - 1
+            block = UNetBlock(cfg, cin, chans[i], heads[i], cross=kind in CROSS_DOWN, resample="" if final else "down")
+            self.down_blocks.append(block)
+            skips += [chans[i]] * (cfg.layers_per_block + (0 if final else 1))
+        # 3. middle
+        self.mid_block = MidBlock(cfg, chans[-1], heads[-1])
+        # 4. up path, mirrored
+        self.up_blocks = nn.ModuleList()
+        prev, up_heads = chans[-1], heads[::-1]
+        for i, kind in enumerate(cfg.up_block_types):
+            cout, final = chans[::-1][i], i == len(chans) - 1
+            taken = tuple(skips.pop() for _ in range(cfg.layers_per_block + 1))
+            block = UNetBlock(cfg, prev, cout, up_heads[i], cross=kind in CROSS_UP, resample="" if final else "up",
+                              skip_channels=taken, prev_channels=prev)  # fmt: skip
+            self.up_blocks.append(block)
+            prev = cout
+        # 5. output
+        self.conv_norm_out = VideoGroupNorm(cfg.norm_num_groups, chans[0], eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(chans[0], cfg.out_channels, 3, padding=1)
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict the noise of a latent video. ``sample`` (B, C, F, h, w), ``timestep`` scalar or (B,),
+        ``encoder_hidden_states`` (B, L, D) → (B, C_out, F, h, w)."""
+        b, c, f, h, w = sample.shape
+        cfg, video = self.config, self.config.video_norm == "video"
+        # 1. time embedding, one row per frame
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        emb = self.time_embedding(emb.to(sample.dtype)).repeat_interleave(f, dim=0)  # (B·F, T)
+        # 2. frames into the batch
+        x = self.conv_in(sample.transpose(1, 2).reshape(b * f, c, h, w))  # (B·F, C0, h, w)
+        context = encoder_hidden_states
+        # 3. down
+        skips = [x]
+        for block in self.down_blocks:
+            x, res = block.forward_down(x, emb, context, f)
+            skips += res
+        # 4. middle
+        x = self.mid_block(x, emb, context, f)
+        # 5. up; each upsampler matches the size of the skip it meets next (odd latent sizes work)
+        for block in self.up_blocks:
+            size = skips[-len(block.resnets) - 1].shape[-2:] if hasattr(block, "upsamplers") else None
+            x = block.forward_up(x, emb, context, f, skips, size)
+        # 6. output
+        x = self.conv_out(F.silu(norm(x, self.conv_norm_out, f, video)))
+        return x.reshape(b, f, -1, h, w).transpose(1, 2)  # (B, C_out, F, h, w)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides) -> VideoUNet:
+        """Load a diffusers SD UNet folder (inflated), a reference MinD-Video ``unet/`` folder, or our own."""
+        from mindvideo.checkpoint import load_unet
+
+        return load_unet(path, **overrides)
+
+    def save_pretrained(self, path) -> None:
+        from mindvideo.checkpoint import save_component
+
+        save_component(self, path)

@@ -1,0 +1,75 @@
+"""Packaging for mindvideo.
+
+The design card's top-level folders are installed under one namespace: ``mindvideo`` (the PyTorch core),
+``mindvideo.kernels``, ``mindvideo.export``, ``mindvideo.engine`` and ``mindvideo.benchmarks``. Nothing installs a
+top-level ``engine`` or ``export`` module. ``tests/`` is not installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+# top-level folder -> installed package name
+NAMESPACE = {
+    "mindvideo": "mindvideo",
+    "kernels": "mindvideo.kernels",
+    "export": "mindvideo.export",
+    "engine": "mindvideo.engine",
+    "benchmarks": "mindvideo.benchmarks",
+}
+
+
+def _packages() -> tuple[list[str], dict[str, str]]:
+    packages, package_dir = [], {}
+    for folder, name in NAMESPACE.items():
+        package_dir[name] = folder
+        packages.append(name)
+        for sub in find_packages(where=folder):
+            packages.append(f"{name}.{sub}")
+            package_dir[f"{name}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
+    return packages, package_dir
+
+
+packages, package_dir = _packages()
+
+setup(
+    name="mindvideo",
+    version="0.1.0",
+    description="MinD-Video (fMRI -> video) in PyTorch, exported to ONNX/TensorRT engines for real-time decoding",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"mindvideo": ["assets/**/*"], "mindvideo.benchmarks": ["results/*.json"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.3",
+        "numpy>=1.24",
+        "diffusers>=0.30",
+        "safetensors>=0.4",
+        "click>=8.1",
+        "tqdm>=4.66",
+        "imageio>=2.31",
+        "av>=12",
+        "nibabel>=5.2",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-image>=0.22", "transformers>=4.40"],
+        "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=10.0", "cuda-python>=12.3", "polygraphy>=0.49", "triton>=3.0"],
+        "dev": ["ruff>=0.5", "triton>=3.0", "polygraphy>=0.49"],
+    },
+    entry_points={"console_scripts": ["mindvideo=mindvideo.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)
