@@ -192,3 +192,98 @@ def save_component(model: FMRIEncoder | VideoUNet, path: str | Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+
+
+# --------------------------------------------------------------------------------------------------- whole folders
+
+
+def load_vae(path: str | Path):
+    """diffusers ``AutoencoderKL`` from a local folder."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(path)
+    read_json(folder / "config.json")  # one clear error for a missing/corrupt config
+    find_weights(folder)
+    try:
+        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise MindVideoError(f"expected a diffusers AutoencoderKL in {folder}", f"{type(exc).__name__}: {exc}",
+                             "re-save the VAE with diffusers' save_pretrained") from None  # fmt: skip
+
+
+def load_scheduler_config(path: str | Path) -> dict[str, Any]:
+    """The diffusers scheduler config of ``CKPT/scheduler``."""
+    folder = Path(path)
+    return read_json(folder / "scheduler_config.json")
+
+
+def load_components(path: str | Path, *, num_voxels: int | None = None, vae: bool = True) -> dict[str, Any]:
+    """Every component of a checkpoint folder: ``fmri_encoder``, ``unet``, ``vae`` (unless ``vae=False``),
+    ``scheduler_config`` (dict) and ``path``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise MindVideoError(f"expected a checkpoint folder at {root}", "no such folder", "check --checkpoint")
+    absent = [c for c in COMPONENTS if not (root / c).is_dir()]
+    if absent:
+        raise MindVideoError(f"expected component folders {list(COMPONENTS)} in {root}", f"{absent} missing",
+                             "point at the checkpoint root (the folder holding unet/, fmri_encoder/, …)")  # fmt: skip
+    overrides = {} if num_voxels is None else {"num_voxels": num_voxels}
+    return {
+        "path": root,
+        "fmri_encoder": load_fmri_encoder(root / "fmri_encoder", **overrides),
+        "unet": load_unet(root / "unet"),
+        "vae": load_vae(root / "vae") if vae else None,
+        "scheduler_config": load_scheduler_config(root / "scheduler"),
+    }
+
+
+def tiny_vae_config() -> dict[str, Any]:
+    """A 4-level AutoencoderKL small enough for CPU tests (8× down-sampling like SD's)."""
+    return {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8,
+        "block_out_channels": (8, 16, 16, 16), "sample_size": 64,
+        "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    }  # fmt: skip
+
+
+def sd15_vae_config() -> dict[str, Any]:
+    return {**tiny_vae_config(), "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
+            "norm_num_groups": 32, "sample_size": 512}  # fmt: skip
+
+
+SCHEDULER_CONFIG = {  # SD-1.5's scheduler settings, as the reference checkpoints ship them
+    "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "prediction_type": "epsilon",
+}  # fmt: skip
+
+
+def build_random_checkpoint(
+    path: str | Path, preset: str = "tiny", *, num_voxels: int | None = None, seed: int = 0, init_scale: float = 0.0
+) -> Path:
+    """Write a randomly initialised checkpoint (``tiny`` or ``sd15`` sizes) in our layout.
+
+    ``init_scale > 0`` adds Gaussian noise of that std to every UNet weight (temporal layers included) so tests
+    exercise all of them instead of the identity-at-init temporal path.
+    """
+    from diffusers import AutoencoderKL
+
+    if preset not in ("tiny", "sd15"):
+        raise MindVideoError("expected preset 'tiny' or 'sd15'", repr(preset), "pick one of those")
+    torch.manual_seed(seed)
+    if preset == "tiny":
+        enc_cfg, unet_cfg, vae_cfg = FMRIEncoderConfig.tiny(num_voxels or 128), VideoUNetConfig.tiny(), tiny_vae_config()
+    else:
+        enc_cfg, unet_cfg, vae_cfg = FMRIEncoderConfig(num_voxels=num_voxels or 4656), VideoUNetConfig.sd15(), sd15_vae_config()
+    encoder, unet, vae = FMRIEncoder(enc_cfg), VideoUNet(unet_cfg), AutoencoderKL(**vae_cfg)
+    if init_scale > 0:
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.add_(torch.randn_like(p) * init_scale)
+    with atomic_folder(path) as tmp:
+        save_component(encoder, tmp / "fmri_encoder")
+        save_component(unet, tmp / "unet")
+        vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
+    return Path(path)
