@@ -287,3 +287,35 @@ def build_random_checkpoint(
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
     return Path(path)
+
+
+def write_reference_layout(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite one of our checkpoints in the reference MinD-Video layout (for interop and parity tests).
+
+    ``unet/`` gets 3-D block names and ``diffusion_pytorch_model.bin``; ``fmri_encoder/`` gets ``model.pth`` with
+    the state dict under ``"model"`` and only the reference config keys; ``vae/`` and ``scheduler/`` are copied.
+    """
+    src, dst = Path(src), Path(dst)
+    comps = load_components(src)
+    with atomic_folder(dst) as tmp:
+        # 1. unet: diffusers config with 3-D block type names, torch pickle weights
+        unet_cfg = comps["unet"].config.to_dict()
+        unet_cfg = {k: v for k, v in unet_cfg.items() if k not in ("frame_offsets", "temporal_attention", "video_norm")}
+        unet_cfg["down_block_types"] = [n.replace("2D", "3D") for n in unet_cfg["down_block_types"]]
+        unet_cfg["up_block_types"] = [n.replace("2D", "3D") for n in unet_cfg["up_block_types"]]
+        unet_cfg["mid_block_type"] = unet_cfg["mid_block_type"].replace("2D", "3D")
+        (tmp / "unet").mkdir()
+        (tmp / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel", **unet_cfg}))
+        torch.save(comps["unet"].state_dict(), tmp / "unet" / "diffusion_pytorch_model.bin")
+        # 2. fmri encoder: reference config keys, state dict under "model"
+        enc = comps["fmri_encoder"]
+        keys = ("num_voxels", "patch_size", "embed_dim", "in_chans", "depth", "num_heads", "mlp_ratio", "out_channel",
+                "out_dim", "use_norm", "dropout", "window_size", "use_temp_attn", "logit_scale_init_value")  # fmt: skip
+        enc_cfg = {"_class_name": "fMRIEncoder", **{k: getattr(enc.config, k) for k in keys}}
+        (tmp / "fmri_encoder").mkdir()
+        (tmp / "fmri_encoder" / "config.json").write_text(json.dumps(enc_cfg))
+        torch.save({"model": enc.state_dict()}, tmp / "fmri_encoder" / "model.pth")
+        # 3. vae and scheduler as they are
+        shutil.copytree(src / "vae", tmp / "vae")
+        shutil.copytree(src / "scheduler", tmp / "scheduler")
+    return dst
