@@ -70,8 +70,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt / truncated / not a checkpoint: all the user's to fix
-        raise MindVideoError(f"expected a readable weight file at {path}", f"{type(exc).__name__}: {exc}",
-                             "re-download or re-save the checkpoint") from None  # fmt: skip
+        raise MindVideoError(
+            f"expected a readable weight file at {path}",
+            f"{type(exc).__name__}: {exc}",
+            "re-download or re-save the checkpoint",
+        ) from None
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -91,12 +94,18 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path, op
             detail.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
         if unexpected:
             detail.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
-        raise MindVideoError(f"expected the weights in {source} to fit {type(model).__name__}", "; ".join(detail),
-                             "check that config.json belongs to these weights")  # fmt: skip
+        raise MindVideoError(
+            f"expected the weights in {source} to fit {type(model).__name__}",
+            "; ".join(detail),
+            "check that config.json belongs to these weights",
+        )
     for key, value in state.items():
         if value.shape != own[key].shape:
-            raise MindVideoError(f"expected {key} in {source} to have shape {tuple(own[key].shape)}",
-                                 f"{tuple(value.shape)}", "check config.json (num_voxels, channels, heads)")  # fmt: skip
+            raise MindVideoError(
+                f"expected {key} in {source} to have shape {tuple(own[key].shape)}",
+                f"{tuple(value.shape)}",
+                "check config.json (num_voxels, channels, heads)",
+            )
     model.load_state_dict({**own, **state})
 
 
@@ -115,11 +124,17 @@ def _read_unet_config(path: Path, overrides: dict[str, Any]) -> VideoUNetConfig:
     data = read_json(path)
     for key in ("class_embed_type", "num_class_embeds", "addition_embed_type", "encoder_hid_dim"):
         if data.get(key) is not None:
-            raise MindVideoError(f"expected an SD-1.x/2.x style UNet config in {path}", f"{key}={data[key]!r}",
-                                 "this UNet variant is not supported")  # fmt: skip
+            raise MindVideoError(
+                f"expected an SD-1.x/2.x style UNet config in {path}",
+                f"{key}={data[key]!r}",
+                "this UNet variant is not supported",
+            )
     if any(int(n) != 1 for n in _as_list(data.get("transformer_layers_per_block", 1))):
-        raise MindVideoError(f"expected one transformer layer per block in {path}",
-                             f"transformer_layers_per_block={data['transformer_layers_per_block']}", "use an SD-1.x UNet")  # fmt: skip
+        raise MindVideoError(
+            f"expected one transformer layer per block in {path}",
+            f"transformer_layers_per_block={data['transformer_layers_per_block']}",
+            "use an SD-1.x UNet",
+        )
     try:
         config = VideoUNetConfig.from_dict(data, **overrides)
         config.validate()
@@ -207,8 +222,11 @@ def load_vae(path: str | Path):
     try:
         return AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
-        raise MindVideoError(f"expected a diffusers AutoencoderKL in {folder}", f"{type(exc).__name__}: {exc}",
-                             "re-save the VAE with diffusers' save_pretrained") from None  # fmt: skip
+        raise MindVideoError(
+            f"expected a diffusers AutoencoderKL in {folder}",
+            f"{type(exc).__name__}: {exc}",
+            "re-save the VAE with diffusers' save_pretrained",
+        ) from None
 
 
 def load_scheduler_config(path: str | Path) -> dict[str, Any]:
@@ -225,8 +243,11 @@ def load_components(path: str | Path, *, num_voxels: int | None = None, vae: boo
         raise MindVideoError(f"expected a checkpoint folder at {root}", "no such folder", "check --checkpoint")
     absent = [c for c in COMPONENTS if not (root / c).is_dir()]
     if absent:
-        raise MindVideoError(f"expected component folders {list(COMPONENTS)} in {root}", f"{absent} missing",
-                             "point at the checkpoint root (the folder holding unet/, fmri_encoder/, …)")  # fmt: skip
+        raise MindVideoError(
+            f"expected component folders {list(COMPONENTS)} in {root}",
+            f"{absent} missing",
+            "point at the checkpoint root (the folder holding unet/, fmri_encoder/, …)",
+        )
     overrides = {} if num_voxels is None else {"num_voxels": num_voxels}
     return {
         "path": root,
@@ -240,22 +261,39 @@ def load_components(path: str | Path, *, num_voxels: int | None = None, vae: boo
 def tiny_vae_config() -> dict[str, Any]:
     """A 4-level AutoencoderKL small enough for CPU tests (8× down-sampling like SD's)."""
     return {
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8,
-        "block_out_channels": (8, 16, 16, 16), "sample_size": 64,
-        "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-    }  # fmt: skip
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "block_out_channels": (8, 16, 16, 16),
+        "sample_size": 64,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+    }
 
 
 def sd15_vae_config() -> dict[str, Any]:
-    return {**tiny_vae_config(), "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
-            "norm_num_groups": 32, "sample_size": 512}  # fmt: skip
+    return {
+        **tiny_vae_config(),
+        "block_out_channels": (128, 256, 512, 512),
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+    }
 
 
 SCHEDULER_CONFIG = {  # SD-1.5's scheduler settings, as the reference checkpoints ship them
-    "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
     "prediction_type": "epsilon",
-}  # fmt: skip
+}
 
 
 def build_random_checkpoint(
@@ -272,9 +310,17 @@ def build_random_checkpoint(
         raise MindVideoError("expected preset 'tiny' or 'sd15'", repr(preset), "pick one of those")
     torch.manual_seed(seed)
     if preset == "tiny":
-        enc_cfg, unet_cfg, vae_cfg = FMRIEncoderConfig.tiny(num_voxels or 128), VideoUNetConfig.tiny(), tiny_vae_config()
+        enc_cfg, unet_cfg, vae_cfg = (
+            FMRIEncoderConfig.tiny(num_voxels or 128),
+            VideoUNetConfig.tiny(),
+            tiny_vae_config(),
+        )
     else:
-        enc_cfg, unet_cfg, vae_cfg = FMRIEncoderConfig(num_voxels=num_voxels or 4656), VideoUNetConfig.sd15(), sd15_vae_config()
+        enc_cfg, unet_cfg, vae_cfg = (
+            FMRIEncoderConfig(num_voxels=num_voxels or 4656),
+            VideoUNetConfig.sd15(),
+            sd15_vae_config(),
+        )
     encoder, unet, vae = FMRIEncoder(enc_cfg), VideoUNet(unet_cfg), AutoencoderKL(**vae_cfg)
     if init_scale > 0:
         with torch.no_grad():
@@ -300,7 +346,9 @@ def write_reference_layout(src: str | Path, dst: str | Path) -> Path:
     with atomic_folder(dst) as tmp:
         # 1. unet: diffusers config with 3-D block type names, torch pickle weights
         unet_cfg = comps["unet"].config.to_dict()
-        unet_cfg = {k: v for k, v in unet_cfg.items() if k not in ("frame_offsets", "temporal_attention", "video_norm")}
+        unet_cfg = {
+            k: v for k, v in unet_cfg.items() if k not in ("frame_offsets", "temporal_attention", "video_norm")
+        }
         unet_cfg["down_block_types"] = [n.replace("2D", "3D") for n in unet_cfg["down_block_types"]]
         unet_cfg["up_block_types"] = [n.replace("2D", "3D") for n in unet_cfg["up_block_types"]]
         unet_cfg["mid_block_type"] = unet_cfg["mid_block_type"].replace("2D", "3D")
@@ -309,8 +357,22 @@ def write_reference_layout(src: str | Path, dst: str | Path) -> Path:
         torch.save(comps["unet"].state_dict(), tmp / "unet" / "diffusion_pytorch_model.bin")
         # 2. fmri encoder: reference config keys, state dict under "model"
         enc = comps["fmri_encoder"]
-        keys = ("num_voxels", "patch_size", "embed_dim", "in_chans", "depth", "num_heads", "mlp_ratio", "out_channel",
-                "out_dim", "use_norm", "dropout", "window_size", "use_temp_attn", "logit_scale_init_value")  # fmt: skip
+        keys = (
+            "num_voxels",
+            "patch_size",
+            "embed_dim",
+            "in_chans",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "out_channel",
+            "out_dim",
+            "use_norm",
+            "dropout",
+            "window_size",
+            "use_temp_attn",
+            "logit_scale_init_value",
+        )
         enc_cfg = {"_class_name": "fMRIEncoder", **{k: getattr(enc.config, k) for k in keys}}
         (tmp / "fmri_encoder").mkdir()
         (tmp / "fmri_encoder" / "config.json").write_text(json.dumps(enc_cfg))

@@ -1,7 +1,213 @@
-"""Core commands: ``generate``, ``info``, ``demo``."""
+"""Core commands: ``generate``, ``info``, ``init``, ``demo``."""
 
 from __future__ import annotations
 
-import click
+import json
+import tempfile
+import time
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+import numpy as np
+
+from mindvideo.errors import MindVideoError
+from mindvideo.sampling import SCHEDULERS
+
+
+def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
+    """A two-column table on stdout."""
+    if title:
+        click.echo(title)
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        click.echo(f"  {key:<{width}}  {value}")
+
+
+@click.command()
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint folder (ours or the reference layout).",
+)
+@click.option(
+    "--fmri",
+    "fmri_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=".npy/.npz shaped (window, voxels) or (batch, window, voxels).",
+)
+@click.option(
+    "--negative-fmri",
+    type=click.Path(path_type=Path),
+    help="Negative window for adversarial guidance [default: mean of --fmri].",
+)
+@click.option("--frames", default=6, show_default=True, help="Frames per clip (6 = 3 FPS for a 2-s TR; 60 = 30 FPS).")
+@click.option("--height", type=int, help="Output height, a multiple of 8 [default: the UNet's native size].")
+@click.option("--width", type=int, help="Output width, a multiple of 8 [default: the UNet's native size].")
+@click.option("--steps", default=50, show_default=True, help="Denoising steps.")
+@click.option("--guidance", default=12.5, show_default=True, help="Guidance scale g (1 = no guidance).")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True)
+@click.option("--seed", default=3407, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")
+@click.option("--fps", type=float, help="Frame rate of .mp4/.gif output [default: frames / 2 s].")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output .mp4, .gif or .npy ((B, 3, F, H, W) floats in [0, 1]).",
+)
+def generate(
+    checkpoint,
+    fmri_path,
+    negative_fmri,
+    frames,
+    height,
+    width,
+    steps,
+    guidance,
+    scheduler,
+    seed,
+    dtype,
+    device,
+    fps,
+    out,
+):
+    """Reconstruct video from fMRI windows with a checkpoint.
+
+    \b
+    Example:
+      mindvideo generate --checkpoint CKPT --fmri window.npy --frames 6 --steps 50 --out clip.mp4
+    """
+    from mindvideo.media import check_video_path, read_fmri_array, write_video, write_videos
+    from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
+
+    out = check_video_path(out)
+    fmri = read_fmri_array(fmri_path)
+    negative = None if negative_fmri is None else read_fmri_array(negative_fmri)
+    pipe = MindVideoPipeline.from_pretrained(checkpoint, dtype=dtype, device=device)
+    cfg = GenerationConfig(
+        num_frames=frames,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        scheduler=scheduler,
+        seed=seed,
+    )
+    pipe.check_fmri(fmri)
+    pipe.check_generation(cfg)
+    start = time.perf_counter()
+    if out.suffix == ".npy":
+        video = pipe(fmri, negative, cfg, output="float")
+        paths = [write_video(out, video)]
+    else:
+        video = pipe(fmri, negative, cfg)
+        paths = write_videos(out, video, fps or frames / 2.0)
+    print_table(
+        [
+            ("clips", str(video.shape[0])),
+            ("shape", str(tuple(video.shape))),
+            ("seconds", f"{time.perf_counter() - start:.2f}"),
+            ("written", ", ".join(map(str, paths))),
+        ]
+    )
+
+
+@click.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "sd15"]),
+    help="Describe a preset size instead of a folder (no weights built).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def info(checkpoint, preset, as_json):
+    """Print each component's config and parameter count.
+
+    \b
+    Examples:
+      mindvideo info CKPT
+      mindvideo info --preset sd15
+    """
+    from mindvideo.checkpoint_info import describe_checkpoint, describe_preset
+
+    if (checkpoint is None) == (preset is None):
+        raise MindVideoError("expected a CHECKPOINT folder or --preset", "both or neither", "give exactly one")
+    report = describe_checkpoint(checkpoint) if checkpoint else describe_preset(preset)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, part in report.items():
+        rows = [("parameters", f"{part['parameters']:,}")]
+        rows += [(k, f"{v:,}") for k, v in part.get("breakdown", {}).items()]
+        rows += [(k, json.dumps(v)) for k, v in part["config"].items()]
+        print_table(rows, title=name)
+
+
+@click.command()
+@click.option("--preset", type=click.Choice(["tiny", "sd15"]), default="tiny", show_default=True)
+@click.option("--num-voxels", type=int, help="Voxels the encoder takes [default: 128 tiny, 4656 sd15].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
+def init(preset, num_voxels, seed, out):
+    """Write a randomly initialised checkpoint (for trying export, engines and benchmarks).
+
+    \b
+    Example:
+      mindvideo init --preset sd15 --out ckpt-sd15-random/
+    """
+    from mindvideo.checkpoint import build_random_checkpoint
+
+    if out.exists():
+        raise MindVideoError("expected a new folder for --out", f"{out} exists", "remove it or pick another path")
+    build_random_checkpoint(out, preset, num_voxels=num_voxels, seed=seed)
+    click.echo(f"wrote {preset} checkpoint to {out}")
+
+
+@click.command()
+@click.option(
+    "--out", default="mindvideo-demo", show_default=True, type=click.Path(path_type=Path), help="Output folder."
+)
+@click.option("--steps", default=10, show_default=True)
+@click.option("--frames", default=6, show_default=True)
+@click.option("--seed", default=3407, show_default=True)
+def demo(out, steps, frames, seed):
+    """Generate a clip end to end with a tiny random model (no downloads, CPU, seconds).
+
+    The model is untrained: the clip shows the pipeline running, not a reconstruction.
+
+    \b
+    Example:
+      mindvideo demo --out demo/
+    """
+    from mindvideo.checkpoint import atomic_folder, build_random_checkpoint
+    from mindvideo.media import write_video
+    from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = build_random_checkpoint(Path(tmp) / "ckpt", "tiny", seed=0, init_scale=0.02)
+        pipe = MindVideoPipeline.from_pretrained(ckpt)
+        fmri = np.random.default_rng(seed).standard_normal((2, pipe.window_size, pipe.num_voxels)).astype(np.float32)
+        cfg = GenerationConfig(num_frames=frames, num_inference_steps=steps, seed=seed)
+        video = pipe(fmri, None, cfg)
+    with atomic_folder(out) as tmp_out:
+        paths = [write_video(tmp_out / f"clip_{i}.gif", clip, fps=frames / 2.0) for i, clip in enumerate(video)]
+        np.save(tmp_out / "fmri.npy", fmri)
+    print_table(
+        [
+            ("model", "tiny, random weights"),
+            ("clips", str(len(video))),
+            ("frames", str(frames)),
+            ("size", f"{video.shape[2]}×{video.shape[3]}"),
+            ("steps", str(steps)),
+            ("seconds", f"{time.perf_counter() - start:.1f}"),
+            ("written", ", ".join(str(out / p.name) for p in paths)),
+        ],
+        title="mindvideo demo",
+    )
+
+
+COMMANDS: list[click.Command] = [generate, info, init, demo]

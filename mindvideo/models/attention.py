@@ -38,7 +38,11 @@ class Attention(nn.Module):
 
     def qkv(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         context = x if context is None else context
-        return self.split_heads(self.to_q(x)), self.split_heads(self.to_k(context)), self.split_heads(self.to_v(context))
+        return (
+            self.split_heads(self.to_q(x)),
+            self.split_heads(self.to_k(context)),
+            self.split_heads(self.to_v(context)),
+        )
 
 
 class GEGLU(nn.Module):

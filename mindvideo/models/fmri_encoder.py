@@ -152,8 +152,12 @@ class MBMDecoder(nn.Module):
         d = cfg.decoder_embed_dim
         self.embed = nn.Linear(cfg.embed_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.register_buffer("pos_embed", sincos_positions(d, cfg.num_patches, cls_token=False)[None], persistent=False)
-        self.blocks = nn.ModuleList([Block(d, cfg.decoder_num_heads, cfg.mlp_ratio, False) for _ in range(cfg.decoder_depth)])
+        self.register_buffer(
+            "pos_embed", sincos_positions(d, cfg.num_patches, cls_token=False)[None], persistent=False
+        )
+        self.blocks = nn.ModuleList(
+            [Block(d, cfg.decoder_num_heads, cfg.mlp_ratio, False) for _ in range(cfg.decoder_depth)]
+        )
         self.norm = nn.LayerNorm(d)
         self.pred = nn.Linear(d, cfg.patch_size * cfg.in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -179,10 +183,14 @@ class FMRIEncoder(nn.Module):
         self.patch_embed = PatchEmbed1D(cfg.patch_size, cfg.in_chans, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))  # kept for checkpoint compatibility; unused
         self.pos_embed = nn.Parameter(sincos_positions(d, n)[None], requires_grad=False)  # (1, n+1, D), fixed
-        self.blocks = nn.ModuleList([Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.use_temp_attn) for _ in range(cfg.depth)])
+        self.blocks = nn.ModuleList(
+            [Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.use_temp_attn) for _ in range(cfg.depth)]
+        )
         self.norm = nn.LayerNorm(d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.proj_head = ProjectionHead(n * cfg.window_size, cfg.out_channel, d, cfg.out_dim, cfg.use_norm, cfg.dropout)
+        self.proj_head = ProjectionHead(
+            n * cfg.window_size, cfg.out_channel, d, cfg.out_dim, cfg.use_norm, cfg.dropout
+        )
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init_value)))
         self.decoder = MBMDecoder(cfg) if cfg.decoder_depth > 0 else None
         self._init_weights()
@@ -221,9 +229,9 @@ class FMRIEncoder(nn.Module):
         """
         if self.decoder is None:
             raise ValueError("forward_mbm needs an MBM decoder: build the encoder with decoder_depth > 0")
-        b, w, v = fmri.shape
+        b, w, _ = fmri.shape
         p, n = self.config.patch_size, self.config.num_patches
-        keep_count = max(1, int(round(n * (1.0 - mask_ratio))))
+        keep_count = max(1, round(n * (1.0 - mask_ratio)))
         # 1. one random permutation per clip, shared by its frames so temporal attention sees aligned patches
         order = torch.rand(b, n, generator=generator, device=fmri.device).argsort(dim=1)
         keep = order[:, :keep_count].sort(dim=1).values  # (B, k)
@@ -234,7 +242,7 @@ class FMRIEncoder(nn.Module):
             x = block(x, w)
         # 3. decode every patch, score the masked ones
         pred = self.decoder(self.norm(x), keep_bw, n)  # (B·W, n, p)
-        target = fmri.reshape(b * w, n, p)
+        target = fmri[..., : n * p].reshape(b * w, n, p)  # voxels past the last whole patch are not embedded
         mask = torch.ones(b, n, dtype=torch.bool, device=fmri.device)
         mask[torch.arange(b, device=fmri.device)[:, None], keep] = False
         per_patch = (pred - target).pow(2).mean(dim=-1)  # (B·W, n)
@@ -250,10 +258,12 @@ class FMRIEncoder(nn.Module):
         x, maps = self.embed(fmri), []
         for block in self.blocks:
             x, spatial, temporal = block(x, w, return_attn=True)
-            maps.append({
-                "spatial": spatial.reshape(b, w, *spatial.shape[1:]),
-                "temporal": None if temporal is None else temporal.reshape(b, -1, *temporal.shape[1:]),
-            })  # fmt: skip
+            maps.append(
+                {
+                    "spatial": spatial.reshape(b, w, *spatial.shape[1:]),
+                    "temporal": None if temporal is None else temporal.reshape(b, -1, *temporal.shape[1:]),
+                }
+            )
         return maps
 
     @property

@@ -175,19 +175,41 @@ class UNetBlock(nn.Module):
     resnet concatenates before running (popped from the down path, last first).
     """
 
-    def __init__(self, cfg: VideoUNetConfig, cin: int, cout: int, heads: int, *, cross: bool, resample: str,
-                 skip_channels: tuple[int, ...] = (), prev_channels: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: VideoUNetConfig,
+        cin: int,
+        cout: int,
+        heads: int,
+        *,
+        cross: bool,
+        resample: str,
+        skip_channels: tuple[int, ...] = (),
+        prev_channels: int | None = None,
+    ):
         super().__init__()
         temb, groups, vn = cfg.block_out_channels[0] * 4, cfg.norm_num_groups, cfg.video_norm == "video"
         n = len(skip_channels) or cfg.layers_per_block
-        ins = [(prev_channels if i == 0 else cout) + skip_channels[i] for i in range(n)] if skip_channels else (
-            [cin] + [cout] * (n - 1))  # fmt: skip
+        ins = (
+            [(prev_channels if i == 0 else cout) + skip_channels[i] for i in range(n)]
+            if skip_channels
+            else ([cin] + [cout] * (n - 1))
+        )
         self.resnets = nn.ModuleList([ResnetBlock(c, cout, temb, groups, cfg.norm_eps, vn) for c in ins])
         if cross:
             self.attentions = nn.ModuleList(
-                [VideoTransformer(cout, heads, cfg.cross_attention_dim, cfg.frame_offsets, groups=groups,
-                                  linear_projection=cfg.use_linear_projection, temporal=cfg.temporal_attention)
-                 for _ in range(n)]  # fmt: skip
+                [
+                    VideoTransformer(
+                        cout,
+                        heads,
+                        cfg.cross_attention_dim,
+                        cfg.frame_offsets,
+                        groups=groups,
+                        linear_projection=cfg.use_linear_projection,
+                        temporal=cfg.temporal_attention,
+                    )
+                    for _ in range(n)
+                ]
             )
         else:
             self.attentions = None
@@ -224,9 +246,18 @@ class MidBlock(nn.Module):
         temb, groups, vn = cfg.block_out_channels[0] * 4, cfg.norm_num_groups, cfg.video_norm == "video"
         self.resnets = nn.ModuleList([ResnetBlock(channels, channels, temb, groups, cfg.norm_eps, vn) for _ in "ab"])
         self.attentions = nn.ModuleList(
-            [VideoTransformer(channels, heads, cfg.cross_attention_dim, cfg.frame_offsets, groups=groups,
-                              linear_projection=cfg.use_linear_projection, temporal=cfg.temporal_attention)]
-        )  # fmt: skip
+            [
+                VideoTransformer(
+                    channels,
+                    heads,
+                    cfg.cross_attention_dim,
+                    cfg.frame_offsets,
+                    groups=groups,
+                    linear_projection=cfg.use_linear_projection,
+                    temporal=cfg.temporal_attention,
+                )
+            ]
+        )
 
     def forward(self, x, emb, context, frames):
         x = self.resnets[0](x, emb, frames)
@@ -262,8 +293,16 @@ class VideoUNet(nn.Module):
         for i, kind in enumerate(cfg.up_block_types):
             cout, final = chans[::-1][i], i == len(chans) - 1
             taken = tuple(skips.pop() for _ in range(cfg.layers_per_block + 1))
-            block = UNetBlock(cfg, prev, cout, up_heads[i], cross=kind in CROSS_UP, resample="" if final else "up",
-                              skip_channels=taken, prev_channels=prev)  # fmt: skip
+            block = UNetBlock(
+                cfg,
+                prev,
+                cout,
+                up_heads[i],
+                cross=kind in CROSS_UP,
+                resample="" if final else "up",
+                skip_channels=taken,
+                prev_channels=prev,
+            )
             self.up_blocks.append(block)
             prev = cout
         # 5. output

@@ -1,0 +1,233 @@
+"""``MindVideoPipeline``: fMRI windows → video (MinD-Video §3.4).
+
+encode (fMRI encoder, positive and negative windows) → guided denoising of ``(B, 4, F, h, w)`` latents with the
+video UNet → VAE decode per frame, in chunks. Matches the reference pipeline step for step (noise convention,
+guidance order, VAE scaling), so the same checkpoint, seed and settings give the same video.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mindvideo.checkpoint import load_components
+from mindvideo.errors import MindVideoError
+from mindvideo.models import FMRIEncoder, VideoUNet
+from mindvideo.sampling import SCHEDULERS, guided_sample, initial_latents, make_scheduler
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings; the defaults are the reference's evaluation settings except the step count."""
+
+    num_frames: int = 6
+    height: int | None = None  # default: the UNet's sample_size × the VAE factor
+    width: int | None = None
+    num_inference_steps: int = 50
+    guidance_scale: float = 12.5
+    scheduler: str = "ddim"
+    seed: int = 3407
+    eta: float = 0.0
+    decode_chunk: int = 16  # frames per VAE decode call
+
+
+class MindVideoPipeline:
+    """The PyTorch pipeline. ``pipe(fmri (B, W, V) or (W, V)) -> video``; see :meth:`__call__`."""
+
+    def __init__(self, fmri_encoder: FMRIEncoder, unet: VideoUNet, vae, scheduler_config: dict):
+        self.fmri_encoder, self.unet, self.vae = fmri_encoder.eval(), unet.eval(), vae.eval()
+        self.scheduler_config = scheduler_config
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scaling = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: str = "fp32", device: str = "cpu", num_voxels: int | None = None
+    ) -> MindVideoPipeline:
+        """Load a checkpoint folder (ours or the reference layout). fp16 keeps the VAE in fp32 (fp16 VAE NaNs)."""
+        parts = load_components(path, num_voxels=num_voxels)
+        pipe = cls(parts["fmri_encoder"], parts["unet"], parts["vae"], parts["scheduler_config"])
+        return pipe.to(device, dtype)
+
+    def to(self, device: str | torch.device, dtype: str = "fp32") -> MindVideoPipeline:
+        if dtype not in DTYPES:
+            raise MindVideoError(f"expected dtype among {list(DTYPES)}", repr(dtype), "pass --dtype fp32|fp16|bf16")
+        device = _check_device(device)
+        torch_dtype = DTYPES[dtype]
+        self.fmri_encoder.to(device, torch_dtype)
+        self.unet.to(device, torch_dtype)
+        self.vae.to(device, torch.float32 if torch_dtype == torch.float16 else torch_dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def num_voxels(self) -> int:
+        return self.fmri_encoder.config.num_voxels
+
+    @property
+    def window_size(self) -> int:
+        return self.fmri_encoder.config.window_size
+
+    # ------------------------------------------------------------------------------------------------ stages
+
+    def check_fmri(self, fmri: np.ndarray | torch.Tensor, name: str = "fMRI") -> torch.Tensor:
+        """(W, V) or (B, W, V) finite numbers → float32 (B, W, V); anything else raises MindVideoError."""
+        x = torch.as_tensor(np.asarray(fmri) if not isinstance(fmri, torch.Tensor) else fmri)
+        if x.ndim == 2:
+            x = x[None]
+        w, v = self.window_size, self.num_voxels
+        if x.ndim != 3:
+            raise MindVideoError(
+                f"expected {name} shaped (window, voxels) = ({w}, {v}) or (batch, {w}, {v})",
+                f"an array of rank {x.ndim} {tuple(x.shape)}",
+                "reshape the input",
+            )
+        if tuple(x.shape[1:]) != (w, v):
+            raise MindVideoError(
+                f"expected {name} windows of {w} TRs × {v} voxels (the encoder's num_voxels)",
+                f"{tuple(x.shape[1:])}",
+                "apply the checkpoint's data transform first",
+            )
+        if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
+            raise MindVideoError(f"expected numeric {name}", str(x.dtype), "save the array as float32")
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise MindVideoError(
+                f"expected finite {name} values",
+                f"{int((~torch.isfinite(x)).sum())} NaN/inf",
+                "fill or drop the bad voxels in preprocessing",
+            )
+        return x
+
+    @torch.no_grad()
+    def encode(self, fmri: torch.Tensor, negative_fmri: torch.Tensor | None, guided: bool) -> torch.Tensor:
+        """Conditions ``(2B, L, D)`` = [negative; positive] (or ``(B, L, D)`` unguided). The default negative
+        is the mean fMRI of the input set, as in the reference."""
+        dtype, device = self.fmri_encoder.dtype, self.device
+        cond = self.fmri_encoder(fmri.to(device, dtype))
+        if not guided:
+            return cond
+        if negative_fmri is None:
+            negative_fmri = fmri.mean(dim=0, keepdim=True)
+        neg = self.fmri_encoder(negative_fmri.to(device, dtype))
+        return torch.cat([neg.expand_as(cond) if neg.shape[0] == 1 else neg, cond])
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The backend seam: eager PyTorch UNet."""
+        return self.unet(x.to(self.unet.dtype), t, cond)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(B, 4, F, h, w) latents → (B, 3, F, H, W) float32 in [0, 1], decoding ``chunk`` frames per call."""
+        b, c, f, h, w = latents.shape
+        flat = latents.transpose(1, 2).reshape(b * f, c, h, w) / self.vae_scaling  # (B·F, 4, h, w)
+        vae_dtype = next(self.vae.parameters()).dtype
+        frames = [self.vae.decode(flat[i : i + chunk].to(vae_dtype)).sample.float() for i in range(0, b * f, chunk)]
+        video = torch.cat(frames).reshape(b, f, 3, h * self.vae_scale_factor, w * self.vae_scale_factor)
+        return (video / 2 + 0.5).clamp(0, 1).transpose(1, 2).cpu()  # (B, 3, F, H, W)
+
+    # ------------------------------------------------------------------------------------------------ the call
+
+    def check_generation(self, cfg: GenerationConfig) -> tuple[int, int]:
+        """Validated (height, width) for ``cfg``."""
+        default = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = cfg.height or default, cfg.width or default
+        if height % self.vae_scale_factor or width % self.vae_scale_factor or height <= 0 or width <= 0:
+            raise MindVideoError(
+                f"expected height and width to be positive multiples of {self.vae_scale_factor}",
+                f"{height}×{width}",
+                "pick e.g. 256×256",
+            )
+        if cfg.num_frames < 1 or cfg.num_inference_steps < 1:
+            raise MindVideoError(
+                "expected at least 1 frame and 1 step",
+                f"frames={cfg.num_frames}, steps={cfg.num_inference_steps}",
+                "raise them",
+            )
+        if cfg.scheduler not in SCHEDULERS:
+            raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
+        return height, width
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        fmri: np.ndarray | torch.Tensor,
+        negative_fmri: np.ndarray | torch.Tensor | None = None,
+        config: GenerationConfig | None = None,
+        *,
+        output: str = "uint8",
+        progress: bool = True,
+        **overrides,
+    ) -> np.ndarray:
+        """Reconstruct videos from fMRI windows.
+
+        ``fmri``: (W, V) or (B, W, V). ``negative_fmri``: (W, V) or (B, W, V); default the batch mean.
+        Returns ``(B, F, H, W, 3)`` uint8 (``output="uint8"``) or ``(B, 3, F, H, W)`` float32 in [0, 1]
+        (``output="float"``, the reference's layout).
+        """
+        cfg = config or GenerationConfig()
+        if overrides:
+            cfg = GenerationConfig(**{**cfg.__dict__, **overrides})
+        height, width = self.check_generation(cfg)
+        x = self.check_fmri(fmri)
+        neg = None if negative_fmri is None else self.check_fmri(negative_fmri, "negative fMRI")
+        if neg is not None and neg.shape[0] not in (1, x.shape[0]):
+            raise MindVideoError(
+                "expected one negative window or one per input window",
+                f"{neg.shape[0]} for {x.shape[0]} inputs",
+                "pass a (window, voxels) array",
+            )
+        guided = cfg.guidance_scale > 1.0
+        # 1. conditions
+        cond = self.encode(x, neg, guided)
+        # 2. noise (reference convention), guided denoising
+        scheduler = make_scheduler(self.scheduler_config, cfg.scheduler)
+        shape = (
+            x.shape[0],
+            self.unet.config.in_channels,
+            cfg.num_frames,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        latents = initial_latents(shape, cfg.seed, float(scheduler.init_noise_sigma)).to(self.device, cond.dtype)
+        generator = torch.Generator("cpu").manual_seed(cfg.seed + 1) if cfg.eta > 0 else None
+        with tqdm(total=cfg.num_inference_steps, desc="denoising", disable=not progress, leave=False) as bar:
+            latents = guided_sample(
+                self.denoise,
+                scheduler,
+                latents,
+                cond,
+                cfg.guidance_scale,
+                cfg.num_inference_steps,
+                eta=cfg.eta,
+                generator=generator,
+                progress=bar.update,
+            )
+        # 3. decode per frame
+        video = self.decode(latents, cfg.decode_chunk)
+        if output == "float":
+            return video.numpy()
+        return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).numpy()  # (B, F, H, W, 3)
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MindVideoError(
+            "expected a CUDA device for --device cuda",
+            "torch.cuda.is_available() is False",
+            "use --device cpu or install a CUDA build of torch",
+        )
+    return device

@@ -1,0 +1,82 @@
+"""The guided denoising loop (MinD-Video §3.4: adversarial guidance) over any denoiser.
+
+``denoise(x, t, cond) -> eps`` is the one seam every backend implements (eager torch, ONNX Runtime, TensorRT): ``x``
+is the scaled model input ``(2B, 4, F, h, w)``, ``t`` the timestep, ``cond`` the stacked conditions
+``(2B, L, D)`` = [negative; positive]. Scheduler maths comes from diffusers' schedulers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+SCHEDULERS = ("ddim", "dpm", "euler")
+
+
+def make_scheduler(config: dict[str, Any], kind: str = "ddim"):
+    """A diffusers scheduler built from a checkpoint's scheduler config: DDIM, DPM-Solver++(2M) or Euler."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    base = {k: v for k, v in config.items() if not k.startswith("_")}
+    if kind == "ddim":
+        return DDIMScheduler.from_config(base)
+    if kind == "dpm":
+        return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2)
+    if kind == "euler":
+        return EulerDiscreteScheduler.from_config(base)
+    raise ValueError(f"unknown scheduler {kind!r}; expected one of {SCHEDULERS}")
+
+
+def initial_latents(shape: tuple[int, ...], seed: int, init_noise_sigma: float) -> torch.Tensor:
+    """The reference noise convention: ``randn(shape, generator=Generator("cpu").manual_seed(seed))·σ_init``, fp32
+    on the CPU whatever the device, so a seed gives the same video everywhere."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32) * init_noise_sigma
+
+
+@torch.no_grad()
+def guided_sample(
+    denoise: Denoiser,
+    scheduler,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    guidance_scale: float,
+    num_inference_steps: int,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Classifier-free (adversarial) guidance: ``eps = eps_neg + g·(eps_pos − eps_neg)``, then ``scheduler.step``.
+
+    ``cond`` is ``(2B, L, D)`` = [negative; positive] when ``guidance_scale > 1``, else ``(B, L, D)``.
+    Returns the final latents ``(B, 4, F, h, w)`` in ``latents``' dtype.
+    """
+    guided = guidance_scale > 1.0
+    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    step_kwargs = _step_kwargs(scheduler, eta, generator)
+    for t in scheduler.timesteps:
+        x = torch.cat([latents, latents]) if guided else latents
+        eps = denoise(scheduler.scale_model_input(x, t), t, cond).to(latents.dtype)
+        if guided:
+            eps_neg, eps_pos = eps.chunk(2)
+            eps = eps_neg + guidance_scale * (eps_pos - eps_neg)
+        latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+        if progress is not None:
+            progress(1)
+    return latents
+
+
+def _step_kwargs(scheduler, eta: float, generator: torch.Generator | None) -> dict[str, Any]:
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    return kwargs

@@ -1,0 +1,19 @@
+"""Shared test set-up: deterministic torch, few threads, and a GPU marker that skips with a reason on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_configure(config):
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
