@@ -8,6 +8,7 @@ line on stderr and exit code 2 (no traceback). Command groups live in sibling mo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -38,6 +39,9 @@ def main(verbose: int) -> None:
       mindvideo generate --checkpoint CKPT --fmri window.npy --out clip.mp4
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if verbose == 0:  # keep the libraries' advisory warnings out of the CLI's output
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 

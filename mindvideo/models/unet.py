@@ -168,51 +168,34 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest"))
 
 
-class UNetBlock(nn.Module):
-    """One resolution level: resnets, each followed by a transformer when ``cross``, then a resampler.
+def make_transformer(cfg: VideoUNetConfig, channels: int, heads: int) -> VideoTransformer:
+    return VideoTransformer(
+        channels,
+        heads,
+        cfg.cross_attention_dim,
+        cfg.frame_offsets,
+        groups=cfg.norm_num_groups,
+        linear_projection=cfg.use_linear_projection,
+        temporal=cfg.temporal_attention,
+    )
 
-    ``skip_channels`` is empty for a down block; for an up block it lists the channels of the skip tensor that each
-    resnet concatenates before running (popped from the down path, last first).
-    """
+
+def make_resnet(cfg: VideoUNetConfig, cin: int, cout: int) -> ResnetBlock:
+    temb = cfg.block_out_channels[0] * 4
+    return ResnetBlock(cin, cout, temb, cfg.norm_num_groups, cfg.norm_eps, cfg.video_norm == "video")
+
+
+class UNetBlock(nn.Module):
+    """One resolution level: resnets (input channels ``in_channels[i]``, output ``cout``), each followed by a
+    transformer when ``cross``, then a resampler (``"down"``, ``"up"`` or none). In an up block each resnet's input
+    includes the skip tensor it concatenates."""
 
     def __init__(
-        self,
-        cfg: VideoUNetConfig,
-        cin: int,
-        cout: int,
-        heads: int,
-        *,
-        cross: bool,
-        resample: str,
-        skip_channels: tuple[int, ...] = (),
-        prev_channels: int | None = None,
+        self, cfg: VideoUNetConfig, in_channels: list[int], cout: int, heads: int, *, cross: bool, resample: str
     ):
         super().__init__()
-        temb, groups, vn = cfg.block_out_channels[0] * 4, cfg.norm_num_groups, cfg.video_norm == "video"
-        n = len(skip_channels) or cfg.layers_per_block
-        ins = (
-            [(prev_channels if i == 0 else cout) + skip_channels[i] for i in range(n)]
-            if skip_channels
-            else ([cin] + [cout] * (n - 1))
-        )
-        self.resnets = nn.ModuleList([ResnetBlock(c, cout, temb, groups, cfg.norm_eps, vn) for c in ins])
-        if cross:
-            self.attentions = nn.ModuleList(
-                [
-                    VideoTransformer(
-                        cout,
-                        heads,
-                        cfg.cross_attention_dim,
-                        cfg.frame_offsets,
-                        groups=groups,
-                        linear_projection=cfg.use_linear_projection,
-                        temporal=cfg.temporal_attention,
-                    )
-                    for _ in range(n)
-                ]
-            )
-        else:
-            self.attentions = None
+        self.resnets = nn.ModuleList([make_resnet(cfg, c, cout) for c in in_channels])
+        self.attentions = nn.ModuleList([make_transformer(cfg, cout, heads) for _ in in_channels]) if cross else None
         if resample == "down":
             self.downsamplers = nn.ModuleList([Downsample(cout, cfg.downsample_padding)])
         elif resample == "up":
@@ -243,21 +226,8 @@ class UNetBlock(nn.Module):
 class MidBlock(nn.Module):
     def __init__(self, cfg: VideoUNetConfig, channels: int, heads: int):
         super().__init__()
-        temb, groups, vn = cfg.block_out_channels[0] * 4, cfg.norm_num_groups, cfg.video_norm == "video"
-        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, temb, groups, cfg.norm_eps, vn) for _ in "ab"])
-        self.attentions = nn.ModuleList(
-            [
-                VideoTransformer(
-                    channels,
-                    heads,
-                    cfg.cross_attention_dim,
-                    cfg.frame_offsets,
-                    groups=groups,
-                    linear_projection=cfg.use_linear_projection,
-                    temporal=cfg.temporal_attention,
-                )
-            ]
-        )
+        self.resnets = nn.ModuleList([make_resnet(cfg, channels, channels) for _ in range(2)])
+        self.attentions = nn.ModuleList([make_transformer(cfg, channels, heads)])
 
     def forward(self, x, emb, context, frames):
         x = self.resnets[0](x, emb, frames)
@@ -282,7 +252,8 @@ class VideoUNet(nn.Module):
         self.down_blocks = nn.ModuleList()
         for i, kind in enumerate(cfg.down_block_types):
             cin, final = chans[max(i - 1, 0)], i == len(chans) - 1
-            block = UNetBlock(cfg, cin, chans[i], heads[i], cross=kind in CROSS_DOWN, resample="" if final else "down")
+            ins = [cin] + [chans[i]] * (cfg.layers_per_block - 1)
+            block = UNetBlock(cfg, ins, chans[i], heads[i], cross=kind in CROSS_DOWN, resample="" if final else "down")
             self.down_blocks.append(block)
             skips += [chans[i]] * (cfg.layers_per_block + (0 if final else 1))
         # 3. middle
@@ -292,17 +263,10 @@ class VideoUNet(nn.Module):
         prev, up_heads = chans[-1], heads[::-1]
         for i, kind in enumerate(cfg.up_block_types):
             cout, final = chans[::-1][i], i == len(chans) - 1
-            taken = tuple(skips.pop() for _ in range(cfg.layers_per_block + 1))
-            block = UNetBlock(
-                cfg,
-                prev,
-                cout,
-                up_heads[i],
-                cross=kind in CROSS_UP,
-                resample="" if final else "up",
-                skip_channels=taken,
-                prev_channels=prev,
-            )
+            # resnet j sees the previous output (prev for j = 0, then cout) concatenated with the skip it pops
+            taken = [skips.pop() for _ in range(cfg.layers_per_block + 1)]
+            ins = [(prev if j == 0 else cout) + skip for j, skip in enumerate(taken)]
+            block = UNetBlock(cfg, ins, cout, up_heads[i], cross=kind in CROSS_UP, resample="" if final else "up")
             self.up_blocks.append(block)
             prev = cout
         # 5. output
