@@ -43,9 +43,10 @@ class GenerationConfig:
 class MindVideoPipeline:
     """The PyTorch pipeline. ``pipe(fmri (B, W, V) or (W, V)) -> video``; see :meth:`__call__`."""
 
-    def __init__(self, fmri_encoder: FMRIEncoder, unet: VideoUNet, vae, scheduler_config: dict):
+    def __init__(self, fmri_encoder: FMRIEncoder, unet: VideoUNet, vae, scheduler_config: dict, transform=None):
         self.fmri_encoder, self.unet, self.vae = fmri_encoder.eval(), unet.eval(), vae.eval()
         self.scheduler_config = scheduler_config
+        self.transform = transform  # the fitted FMRITransform of CKPT/data_transform, if the checkpoint has one
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_scaling = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
 
@@ -55,7 +56,12 @@ class MindVideoPipeline:
     ) -> MindVideoPipeline:
         """Load a checkpoint folder (ours or the reference layout). fp16 keeps the VAE in fp32 (fp16 VAE NaNs)."""
         parts = load_components(path, num_voxels=num_voxels)
-        pipe = cls(parts["fmri_encoder"], parts["unet"], parts["vae"], parts["scheduler_config"])
+        transform = None
+        if (Path(path) / "data_transform").is_dir():
+            from mindvideo.data import FMRITransform
+
+            transform = FMRITransform.load(Path(path) / "data_transform")
+        pipe = cls(parts["fmri_encoder"], parts["unet"], parts["vae"], parts["scheduler_config"], transform)
         return pipe.to(device, dtype)
 
     def to(self, device: str | torch.device, dtype: str = "fp32") -> MindVideoPipeline:
@@ -111,14 +117,34 @@ class MindVideoPipeline:
             )
         return x
 
+    def windows_from_scan(self, path: str | Path, first: int = 0, last: int | None = None) -> np.ndarray:
+        """A raw run (NIfTI / CIFTI / array file) → model windows ``(N, W, V)`` for TRs ``first … last-1``, through
+        the checkpoint's fitted data transform (exactly the training preprocessing)."""
+        if self.transform is None:
+            raise MindVideoError(
+                "expected a data_transform/ folder in the checkpoint to read raw scans",
+                "none",
+                "copy the prepared dataset's data_transform/ into the checkpoint, or pass preprocessed windows",
+            )
+        windows = self.transform.windows(self.transform.apply(self.transform.load_run(path)))
+        selected = windows[first:last]
+        if len(selected) == 0:
+            raise MindVideoError(
+                f"expected TRs {first}:{last} to exist in {path}", f"{len(windows)} windows", "change --trs"
+            )
+        return selected
+
     @torch.no_grad()
     def encode(self, fmri: torch.Tensor, negative_fmri: torch.Tensor | None, guided: bool) -> torch.Tensor:
-        """Conditions ``(2B, L, D)`` = [negative; positive] (or ``(B, L, D)`` unguided). The default negative
-        is the mean fMRI of the input set, as in the reference."""
+        """Conditions ``(2B, L, D)`` = [negative; positive] (or ``(B, L, D)`` unguided). The default negative is
+        the data transform's mean training window when the checkpoint has one, else the mean fMRI of the input set
+        (the reference's choice)."""
         dtype, device = self.fmri_encoder.dtype, self.device
         cond = self.fmri_encoder(fmri.to(device, dtype))
         if not guided:
             return cond
+        if negative_fmri is None and self.transform is not None:
+            negative_fmri = torch.from_numpy(self.transform.negative_fmri)[None]
         if negative_fmri is None:
             negative_fmri = fmri.mean(dim=0, keepdim=True)
         neg = self.fmri_encoder(negative_fmri.to(device, dtype))

@@ -23,6 +23,17 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
         click.echo(f"  {key:<{width}}  {value}")
 
 
+def parse_range(text: str) -> tuple[int, int | None]:
+    """``"START:END"`` (either side may be empty) → (start, end or None)."""
+    start, sep, end = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(start or 0), int(end) if end else None
+    except ValueError:
+        raise MindVideoError("expected --trs as START:END, e.g. 10:14 or :", repr(text), "fix the range") from None
+
+
 @click.command()
 @click.option(
     "--checkpoint",
@@ -33,10 +44,15 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
 @click.option(
     "--fmri",
     "fmri_path",
-    required=True,
     type=click.Path(path_type=Path),
-    help=".npy/.npz shaped (window, voxels) or (batch, window, voxels).",
+    help="Preprocessed windows: .npy/.npz shaped (window, voxels) or (batch, window, voxels).",
 )
+@click.option(
+    "--scan",
+    type=click.Path(path_type=Path),
+    help="A raw run (NIfTI, CIFTI, .npy/.h5 (T, V)) read through the checkpoint's data_transform/ instead of --fmri.",
+)
+@click.option("--trs", default=":", show_default=True, help="With --scan: the window range START:END (TR indices).")
 @click.option(
     "--negative-fmri",
     type=click.Path(path_type=Path),
@@ -61,6 +77,8 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
 def generate(
     checkpoint,
     fmri_path,
+    scan,
+    trs,
     negative_fmri,
     frames,
     height,
@@ -77,16 +95,22 @@ def generate(
     """Reconstruct video from fMRI windows with a checkpoint.
 
     \b
-    Example:
+    Examples:
       mindvideo generate --checkpoint CKPT --fmri window.npy --frames 6 --steps 50 --out clip.mp4
+      mindvideo generate --checkpoint CKPT --scan run1.dtseries.nii --trs 10:14 --out clips.gif
     """
     from mindvideo.media import check_video_path, read_fmri_array, write_video, write_videos
     from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
 
     out = check_video_path(out)
-    fmri = read_fmri_array(fmri_path)
+    if (fmri_path is None) == (scan is None):
+        raise MindVideoError("expected exactly one of --fmri or --scan", "both or neither", "pass one input")
+    first, last = parse_range(trs)
+    fmri = None if fmri_path is None else read_fmri_array(fmri_path)
     negative = None if negative_fmri is None else read_fmri_array(negative_fmri)
     pipe = MindVideoPipeline.from_pretrained(checkpoint, dtype=dtype, device=device)
+    if scan is not None:
+        fmri = pipe.windows_from_scan(scan, first, last)
     cfg = GenerationConfig(
         num_frames=frames,
         height=height,

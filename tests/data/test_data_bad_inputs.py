@@ -1,0 +1,188 @@
+"""Every bad input: a one-line error naming what was expected and found, exit code 2, and no output folder."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mindvideo.cli import main
+from mindvideo.data import FMRITransform
+
+NIFTI = ("--fmri-format", "nifti")
+
+
+def _runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into output unless told
+    except TypeError:
+        return CliRunner()  # click ≥ 8.2 keeps result.stderr apart
+
+
+def _prepare(src, out, *options: str):
+    args = [
+        "data",
+        "prepare",
+        "--layout",
+        "wen",
+        "--src",
+        str(src),
+        "--out",
+        str(out),
+        "--size",
+        "16",
+        "--no-video",
+        *options,
+    ]
+    return _runner().invoke(main, args)
+
+
+def _assert_refused(result, out, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: expected"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no temp folder left
+
+
+def _run_path(root, name="seg2", repeat=1, suffix=".nii.gz"):
+    return root / "subject1" / "fmri" / name / "nifti" / f"{name}_{repeat}{suffix}"
+
+
+def test_truncated_uncompressed_nifti(mini_wen, tmp_path):
+    src = mini_wen()
+    gz = _run_path(src)
+    raw = gzip.decompress(gz.read_bytes())
+    gz.unlink()
+    _run_path(src, suffix=".nii").write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, *NIFTI), out, "truncated", "seg2_1.nii")
+
+
+def test_truncated_gzip_nifti(mini_wen, tmp_path):
+    src = mini_wen()
+    gz = _run_path(src)
+    gz.write_bytes(gz.read_bytes()[:-2000])
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, *NIFTI), out, "seg2_1.nii.gz", "unreadable")
+
+
+def test_corrupt_nifti(mini_wen, tmp_path):
+    src = mini_wen()
+    _run_path(src).write_bytes(b"not a nifti at all" * 100)
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, *NIFTI), out, "expected a 4-D NIfTI fMRI run")
+
+
+def test_mask_shape_mismatch(mini_wen, tmp_path):
+    src = mini_wen()
+    wrong = tmp_path / "wrong_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 5, 5), np.uint8), np.eye(4)), wrong)
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, *NIFTI, "--mask", str(wrong)), out, "mask shape (5, 5, 5)", "resample")
+
+
+def test_tr_mismatch(mini_wen, tmp_path):
+    src = mini_wen()
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, "--tr", "1.5"), out, "expected TR = 1.5 s", "TR = 2 s")
+
+
+def _poison_voxel(src, value: float) -> None:
+    """Set one visual voxel of run seg2_1 to ``value`` (NaN) or a constant."""
+    path = _run_path(src)
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).copy()
+    mask = np.asarray(nib.load(src / "subject1" / "anat" / "visual_mask.nii.gz").dataobj) > 0
+    x, y, z = np.argwhere(mask)[3]
+    if np.isnan(value):
+        data[x, y, z, 10] = np.nan
+    else:
+        data[x, y, z, :] = value
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 500.0])
+def test_nan_or_constant_voxel_is_dropped_with_a_log_line_or_refused(mini_wen, tmp_path, caplog, value):
+    src = mini_wen()
+    _poison_voxel(src, value)
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, *NIFTI, "--bad-voxels", "error", "--select", "all"), out, "NaN/constant")
+    with caplog.at_level(logging.WARNING, logger="mindvideo.data.prepare"):
+        result = _prepare(src, out, *NIFTI, "--select", "all")
+    assert result.exit_code == 0, result.output
+    assert "dropping 1 of 136 voxels" in caplog.text
+    transform = FMRITransform.load(out / "data_transform")
+    assert transform.n_raw == 136 and 3 not in transform.keep and len(transform.keep) == 135
+
+
+def test_fewer_volumes_than_the_window(mini_wen, tmp_path):
+    src = mini_wen()
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, "--window", "40", "--select", "all"), out, "window 40", "found 30")
+
+
+def test_runs_shorter_than_the_stimulus(mini_wen, tmp_path):
+    src = mini_wen()
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, "--trim-start", "8"), out, "expected at least 38 volumes", "found 35")
+
+
+def test_mismatched_run_counts(mini_wen, tmp_path):
+    src = mini_wen()
+    (src / "subject1" / "fmri" / "seg3" / "cifti" / "seg3_2_Atlas.dtseries.nii").unlink()
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out), out, "same number of train runs", "'seg3': 1")
+
+
+def test_stimulus_without_runs(mini_wen, tmp_path):
+    src = mini_wen()
+    (src / "stimuli" / "seg9.mp4").write_bytes((src / "stimuli" / "seg1.mp4").read_bytes())
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out), out, "expected cifti runs for stimulus seg9.mp4")
+
+
+def test_no_reproducible_voxels_suggests_topk(mini_wen, tmp_path):
+    src = mini_wen(("seg1", "seg2", "test1"))
+    out = tmp_path / "out"
+    _assert_refused(_prepare(src, out, "--alpha", "1e-9"), out, "Bonferroni", "--select topk")
+
+
+def test_arrays_with_mismatched_segments(tmp_path):
+    src = tmp_path / "arrays"
+    src.mkdir()
+    for split in ("train", "test"):
+        np.save(src / f"fmri_{split}_subject1.npy", np.zeros((3, 10, 20), np.float32))
+        np.save(src / f"video_{split}_16_3hz.npy", np.zeros((2, 10, 6, 16, 16, 3), np.uint8))
+    out = tmp_path / "out"
+    result = _runner().invoke(main, ["data", "prepare", "--layout", "arrays", "--src", str(src), "--out", str(out)])
+    _assert_refused(result, out, "with the same S, T", "fmri (3, 10, 20)")
+
+
+def test_failed_prepare_keeps_an_existing_output(mini_wen, tmp_path):
+    src = mini_wen()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous result")
+    result = _prepare(src, out, "--tr", "3")
+    assert result.exit_code == 2 and (out / "keep.txt").read_text() == "previous result"
+
+
+def test_bad_transform_folder(tmp_path, prepared_wen):
+    import shutil
+
+    copy = tmp_path / "data_transform"
+    shutil.copytree(prepared_wen / "data_transform", copy)
+    transform = FMRITransform.load(copy)
+    with pytest.raises(Exception, match=f"expected {transform.n_raw} raw voxels per frame"):
+        transform.apply(np.zeros((10, transform.n_raw + 1), np.float32))
+    (copy / "state.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(Exception, match="expected a readable"):
+        FMRITransform.load(copy)
