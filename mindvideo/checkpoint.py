@@ -183,6 +183,9 @@ class _AtomicFolder:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -8,6 +8,7 @@ import torch
 
 def pytest_configure(config):
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # pytest -n 2 on 2 cores: one thread per worker avoids oversubscription
 
 
 def pytest_collection_modifyitems(config, items):

@@ -47,8 +47,12 @@ def main(verbose: int) -> None:
 
 def _attach() -> None:
     from mindvideo.cli import core
+    from mindvideo.cli.data import data
+    from mindvideo.cli.eval import eval_command
+    from mindvideo.cli.explain import explain
+    from mindvideo.cli.export import export
 
-    for command in core.COMMANDS:
+    for command in [*core.COMMANDS, data, eval_command, explain, export]:
         main.add_command(command)
 
 
