@@ -1,0 +1,27 @@
+"""The runtime engine: backends behind one ``eps = denoise(x, t, cond)`` seam, and the sampling loop that drives them.
+
+The loop lives in three layers, each importable without a GPU:
+
+- :mod:`mindvideo.engine.schedule`: :func:`make_plan` unrolls a diffusers scheduler (DDIM, DPM-Solver++(2M), Euler)
+  into a :class:`SamplingPlan` of per-step coefficients of one fused guidance + update.
+- :mod:`mindvideo.engine.sampler`: :func:`run_loop` / :func:`fused_update` over float32 host buffers, in C
+  (``engine/csrc/sampler.c``, GIL released around the maths) with a numpy twin (:mod:`mindvideo.engine.loop`) used
+  when the extension is not built.
+- :mod:`mindvideo.engine.fused_update`: the same update on torch tensors, as one Triton kernel on CUDA with a torch
+  fallback (Triton is imported lazily).
+"""
+
+from __future__ import annotations
+
+from .sampler import fused_update, get_sampler, implementation, run_loop
+from .schedule import SamplingPlan, StepCoefficients, make_plan
+
+__all__ = [
+    "SamplingPlan",
+    "StepCoefficients",
+    "fused_update",
+    "get_sampler",
+    "implementation",
+    "make_plan",
+    "run_loop",
+]
