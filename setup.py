@@ -90,6 +90,8 @@ setup(
         "matplotlib>=3.8",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        "polygraphy>=0.49",
+        "onnx-graphsurgeon>=0.5",
     ],
     extras_require={
         "test": [

@@ -71,7 +71,7 @@ class MindVideoPipeline:
         torch_dtype = DTYPES[dtype]
         self.fmri_encoder.to(device, torch_dtype)
         self.unet.to(device, torch_dtype)
-        self.vae.to(device, torch.float32 if torch_dtype == torch.float16 else torch_dtype)
+        move(self.vae, device, torch.float32 if torch_dtype == torch.float16 else torch_dtype)
         return self
 
     @property
@@ -89,33 +89,8 @@ class MindVideoPipeline:
     # ------------------------------------------------------------------------------------------------ stages
 
     def check_fmri(self, fmri: np.ndarray | torch.Tensor, name: str = "fMRI") -> torch.Tensor:
-        """(W, V) or (B, W, V) finite numbers → float32 (B, W, V); anything else raises MindVideoError."""
-        x = torch.as_tensor(np.asarray(fmri) if not isinstance(fmri, torch.Tensor) else fmri)
-        if x.ndim == 2:
-            x = x[None]
-        w, v = self.window_size, self.num_voxels
-        if x.ndim != 3:
-            raise MindVideoError(
-                f"expected {name} shaped (window, voxels) = ({w}, {v}) or (batch, {w}, {v})",
-                f"an array of rank {x.ndim} {tuple(x.shape)}",
-                "reshape the input",
-            )
-        if tuple(x.shape[1:]) != (w, v):
-            raise MindVideoError(
-                f"expected {name} windows of {w} TRs × {v} voxels (the encoder's num_voxels)",
-                f"{tuple(x.shape[1:])}",
-                "apply the checkpoint's data transform first",
-            )
-        if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
-            raise MindVideoError(f"expected numeric {name}", str(x.dtype), "save the array as float32")
-        x = x.float()
-        if not torch.isfinite(x).all():
-            raise MindVideoError(
-                f"expected finite {name} values",
-                f"{int((~torch.isfinite(x)).sum())} NaN/inf",
-                "fill or drop the bad voxels in preprocessing",
-            )
-        return x
+        """(W, V) or (B, W, V) → float32 (B, W, V) for this encoder; see :func:`check_fmri`."""
+        return check_fmri(fmri, self.window_size, self.num_voxels, name)
 
     def windows_from_scan(self, path: str | Path, first: int = 0, last: int | None = None) -> np.ndarray:
         """A raw run (NIfTI / CIFTI / array file) → model windows ``(N, W, V)`` for TRs ``first … last-1``, through
@@ -246,6 +221,41 @@ class MindVideoPipeline:
         if output == "float":
             return video.numpy()
         return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).numpy()  # (B, F, H, W, 3)
+
+
+def check_fmri(fmri: np.ndarray | torch.Tensor, window: int, voxels: int, name: str = "fMRI") -> torch.Tensor:
+    """(W, V) or (B, W, V) finite numbers → float32 (B, W, V); anything else raises MindVideoError."""
+    x = torch.as_tensor(np.asarray(fmri) if not isinstance(fmri, torch.Tensor) else fmri)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise MindVideoError(
+            f"expected {name} shaped (window, voxels) = ({window}, {voxels}) or (batch, {window}, {voxels})",
+            f"an array of rank {x.ndim} {tuple(x.shape)}",
+            "reshape the input",
+        )
+    if tuple(x.shape[1:]) != (window, voxels):
+        raise MindVideoError(
+            f"expected {name} windows of {window} TRs × {voxels} voxels (the encoder's num_voxels)",
+            f"{tuple(x.shape[1:])}",
+            "apply the checkpoint's data transform first",
+        )
+    if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
+        raise MindVideoError(f"expected numeric {name}", str(x.dtype), "save the array as float32")
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise MindVideoError(
+            f"expected finite {name} values",
+            f"{int((~torch.isfinite(x)).sum())} NaN/inf",
+            "fill or drop the bad voxels in preprocessing",
+        )
+    return x
+
+
+def move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(device[, dtype])``, casting only when needed (diffusers warns on every dtype cast of a VAE)."""
+    current = next(module.parameters()).dtype
+    return module.to(device) if current == dtype else module.to(device, dtype)
 
 
 def _check_device(device: str | torch.device) -> torch.device:

@@ -283,7 +283,8 @@ class VideoUNet(nn.Module):
         # 1. time embedding, one row per frame
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
-        emb = self.time_embedding(emb.to(sample.dtype)).repeat_interleave(f, dim=0)  # (B·F, T)
+        emb = self.time_embedding(emb.to(sample.dtype))
+        emb = emb[:, None].expand(b, f, -1).reshape(b * f, -1)  # (B·F, T): frame-major rows, like x
         # 2. frames into the batch
         x = self.conv_in(sample.transpose(1, 2).reshape(b * f, c, h, w))  # (B·F, C0, h, w)
         context = encoder_hidden_states

@@ -1,0 +1,200 @@
+"""Runtime backends: the three networks behind one interface, on host float32 buffers.
+
+Every backend exposes
+
+* ``encode(fmri (B, W, V)) -> cond`` — the fMRI encoder; ``cond`` stays in the backend's own type,
+* ``denoise(x (N, 4, F, h, w), t, cond) -> eps`` — the seam the sampling loop calls once per step,
+* ``decode(latents (M, 4, h, w)) -> images (M, 3, H, W)`` float32 in [0, 1] — the VAE decoder per frame,
+
+with numpy float32 in and out of ``denoise`` and ``decode``, so the C sampling loop
+(:func:`~mindvideo.engine.run_loop`) drives any of them. The networks are the exported ones
+(:mod:`mindvideo.export.modules`): the PyTorch backend calls the same modules the ONNX graphs were traced from, so
+every backend computes one function.
+
+* :class:`TorchBackend` — eager PyTorch, or ``torch.compile``-d (``compile=True``).
+* :class:`OnnxRuntimeBackend` — the export folder's graphs under onnxruntime (CPU EP; CUDA EP with onnxruntime-gpu).
+* :class:`TensorRTBackend` — the export folder's TensorRT engines (``mindvideo[gpu]``), in :mod:`.tensorrt_backend`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mindvideo.errors import MindVideoError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a backend's networks take: fMRI windows (W, V) and latents (C, h, w) decoded ``vae_factor``× larger."""
+
+    window_size: int
+    num_voxels: int
+    latent_channels: int
+    latent_size: tuple[int, int]
+    vae_factor: int
+
+
+class TorchBackend:
+    """PyTorch modules from a checkpoint folder, on ``device`` in ``dtype`` (the VAE stays fp32 under fp16)."""
+
+    name = "torch"
+
+    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", dtype: str = "fp32", compile: bool = False):
+        from mindvideo.checkpoint import load_components
+        from mindvideo.export.modules import network_module
+        from mindvideo.pipeline import DTYPES, move
+
+        parts = load_components(checkpoint)
+        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.encoder = network_module("fmri_encoder", parts).to(self.device, self.dtype)
+        self.unet = network_module("unet", parts).to(self.device, self.dtype)
+        vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
+        self.decoder = move(network_module("vae_decoder", parts), self.device, vae_dtype)
+        self.scheduler_config = parts["scheduler_config"]
+        self.unet_config = parts["unet"].config
+        self.encoder_config = parts["fmri_encoder"].config
+        vae_factor = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+        size = self.unet_config.sample_size
+        self.geometry = Geometry(
+            self.encoder_config.window_size,
+            self.encoder_config.num_voxels,
+            self.unet_config.in_channels,
+            (size, size),
+            vae_factor,
+        )
+        if compile:
+            self.name = "torch-compile"
+            self.unet = torch.compile(self.unet, dynamic=False)
+            self.decoder = torch.compile(self.decoder, dynamic=False)
+
+    @torch.inference_mode()
+    def encode(self, fmri: np.ndarray) -> torch.Tensor:
+        return self.encoder(torch.from_numpy(fmri).to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def denoise(self, x: np.ndarray, t: float, cond: torch.Tensor) -> np.ndarray:
+        sample = torch.from_numpy(x).to(self.device, self.dtype)
+        timestep = torch.full((x.shape[0],), float(t), device=self.device)
+        eps = self.unet(sample, timestep, cond)
+        return eps.float().contiguous().cpu().numpy()
+
+    @torch.inference_mode()
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        dtype = next(self.decoder.parameters()).dtype
+        return self.decoder(torch.from_numpy(latents).to(self.device, dtype)).float().contiguous().cpu().numpy()
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+class OnnxRuntimeBackend:
+    """The graphs of an export folder (``mindvideo export --format onnx``) under onnxruntime.
+
+    ``providers``: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu). ``threads`` caps intra-op threads.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, export_dir: str | Path, *, providers: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        from mindvideo.export import load_export
+
+        self.exported = load_export(export_dir)
+        self.specs = self.exported.specs
+        wanted = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+        if providers not in wanted:
+            raise MindVideoError("expected --providers cpu or cuda", repr(providers), "pick one")
+        if providers == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise MindVideoError(
+                "expected onnxruntime's CUDA execution provider",
+                f"providers {ort.get_available_providers()}",
+                "pip install mindvideo[gpu] and uninstall the CPU onnxruntime package",
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {
+            name: ort.InferenceSession(str(self.exported.onnx_path(name)), options, providers=wanted[providers])
+            for name in ("fmri_encoder", "unet", "vae_decoder")
+        }
+        self.providers = providers
+        self.scheduler_config = self.exported.scheduler_config
+        self.dtypes = {name: np.dtype(spec.inputs[0].dtype) for name, spec in self.specs.items()}
+        _, window, voxels = self.specs["fmri_encoder"].inputs[0].shape
+        _, channels, _, h, w = self.specs["unet"].inputs[0].shape
+        height = self.specs["vae_decoder"].outputs[0].shape[2]
+        self.geometry = Geometry(window, voxels, channels, (h, w), height // h)
+
+    def _run(self, network: str, **inputs: np.ndarray) -> np.ndarray:
+        spec = self.specs[network]
+        for tensor in spec.inputs:
+            dims = [d for d in inputs[tensor.name].shape]
+            check_profile(spec, tensor.shape, dims, tensor.name)
+        return self.sessions[network].run(None, inputs)[0]
+
+    def encode(self, fmri: np.ndarray) -> np.ndarray:
+        return self._run("fmri_encoder", fmri=fmri.astype(self.dtypes["fmri_encoder"], copy=False))
+
+    def denoise(self, x: np.ndarray, t: float, cond: np.ndarray) -> np.ndarray:
+        dtype = self.dtypes["unet"]
+        timestep = np.full((x.shape[0],), t, dtype=np.float32)
+        eps = self._run("unet", sample=x.astype(dtype, copy=False), timestep=timestep, encoder_hidden_states=cond)
+        return eps.astype(np.float32, copy=False)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        images = self._run("vae_decoder", latent=latents.astype(self.dtypes["vae_decoder"], copy=False))
+        return images.astype(np.float32, copy=False)
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "providers": self.providers, "precision": self.specs["unet"].precision}
+
+
+def check_profile(spec, shape: tuple, dims: list[int], name: str) -> None:
+    """Refuse a shape outside the exported profile (static sizes and min..max of dynamic axes) with a clear error."""
+    if len(shape) != len(dims):
+        raise MindVideoError(f"expected {name} of rank {len(shape)} for {spec.name}", f"shape {tuple(dims)}")
+    for axis, size in zip(shape, dims):
+        if isinstance(axis, int):
+            ok, allowed = size == axis, str(axis)
+        else:
+            rng = spec.axes[axis]
+            ok, allowed = rng.min <= size <= rng.max, f"{axis} in {rng.min}..{rng.max}"
+        if not ok:
+            raise MindVideoError(
+                f"expected {spec.name}.{name} within the exported profile ({allowed})",
+                f"shape {tuple(dims)}",
+                "re-export with a larger --batch/--frames range or the right --height/--width",
+            )
+
+
+def make_backend(
+    name: str, *, checkpoint: str | Path | None, engine: str | Path | None, device: str = "cpu", dtype: str = "fp32"
+):
+    """The backend called ``name`` (see :data:`BACKENDS`)."""
+    if name in ("torch", "torch-compile"):
+        if checkpoint is None:
+            raise MindVideoError(f"expected --checkpoint for the {name} backend", "none", "pass the checkpoint folder")
+        return TorchBackend(checkpoint, device=device, dtype=dtype, compile=name == "torch-compile")
+    if engine is None:
+        raise MindVideoError(
+            f"expected --engine (an export folder) for the {name} backend", "none", "run `mindvideo export` first"
+        )
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(engine, providers="cuda" if device.startswith("cuda") else "cpu")
+    if name == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(engine)
+    raise MindVideoError(f"expected a backend among {BACKENDS}", repr(name), "pick one")

@@ -1,0 +1,133 @@
+"""``Runtime``: encoder → C-backed sampling loop → decoder over any backend.
+
+The same encoder → loop → decoder pipeline as :class:`mindvideo.pipeline.MindVideoPipeline` (same noise convention,
+guidance, schedulers), but the loop is :func:`mindvideo.engine.run_loop` (C, GIL released, no Python per update) and
+the networks come from a backend (:mod:`mindvideo.engine.backends`): eager or compiled PyTorch, onnxruntime,
+TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mindvideo.errors import MindVideoError
+from mindvideo.pipeline import GenerationConfig, check_fmri
+from mindvideo.sampling import SCHEDULERS, initial_latents, make_scheduler
+
+from .sampler import run_loop
+from .schedule import make_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTimes:
+    """Wall-clock seconds of the last call, per stage."""
+
+    encode: float = 0.0
+    loop: float = 0.0
+    decode: float = 0.0
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.encode + self.loop + self.decode
+
+
+class Runtime:
+    """``runtime(fmri (B, W, V), negative, GenerationConfig) -> (B, F, H, W, 3) uint8`` on ``backend``."""
+
+    def __init__(self, backend, scheduler_config: dict | None = None, negative_fmri: np.ndarray | None = None):
+        self.backend = backend
+        self.scheduler_config = scheduler_config or backend.scheduler_config
+        self.default_negative = negative_fmri
+        self.times = StageTimes()
+        self._plans: dict[tuple, object] = {}
+
+    @property
+    def geometry(self):
+        return self.backend.geometry
+
+    def plan(self, cfg: GenerationConfig):
+        """The sampling plan of (scheduler, steps, eta), built once and cached."""
+        key = (cfg.scheduler, cfg.num_inference_steps, cfg.eta)
+        if key not in self._plans:
+            if cfg.scheduler not in SCHEDULERS:
+                raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
+            scheduler = make_scheduler(self.scheduler_config, cfg.scheduler)
+            self._plans[key] = make_plan(scheduler, cfg.num_inference_steps, eta=cfg.eta)
+        return self._plans[key]
+
+    def latent_shape(self, batch: int, cfg: GenerationConfig) -> tuple[int, ...]:
+        g = self.geometry
+        h = (cfg.height // g.vae_factor) if cfg.height else g.latent_size[0]
+        w = (cfg.width // g.vae_factor) if cfg.width else g.latent_size[1]
+        for size in (cfg.height, cfg.width):
+            if size is not None and (size <= 0 or size % g.vae_factor):
+                raise MindVideoError(
+                    f"expected height and width to be positive multiples of {g.vae_factor}",
+                    f"{cfg.height}×{cfg.width}",
+                    "pick e.g. 256×256",
+                )
+        if cfg.num_frames < 1 or cfg.num_inference_steps < 1:
+            raise MindVideoError(
+                "expected at least 1 frame and 1 step",
+                f"frames={cfg.num_frames}, steps={cfg.num_inference_steps}",
+                "raise them",
+            )
+        return (batch, g.latent_channels, cfg.num_frames, h, w)
+
+    def conditions(self, fmri: np.ndarray, negative: np.ndarray | None, guided: bool):
+        """[negative; positive] conditions in the backend's own type."""
+        if not guided:
+            return self.backend.encode(fmri)
+        if negative is None:
+            negative = self.default_negative if self.default_negative is not None else fmri.mean(0)
+        negative = np.broadcast_to(np.asarray(negative, np.float32).reshape(-1, *fmri.shape[1:]), fmri.shape)
+        return self.backend.encode(np.ascontiguousarray(np.concatenate([negative, fmri])))
+
+    def __call__(self, fmri, negative=None, config: GenerationConfig | None = None, *, output: str = "uint8"):
+        cfg = config or GenerationConfig()
+        g = self.geometry
+        x = check_fmri(fmri, g.window_size, g.num_voxels).numpy()
+        neg = None if negative is None else check_fmri(negative, g.window_size, g.num_voxels, "negative fMRI").numpy()
+        shape = self.latent_shape(x.shape[0], cfg)
+        plan = self.plan(cfg)
+        guided = cfg.guidance_scale > 1.0
+        # 1. conditions
+        start = time.perf_counter()
+        cond = self.conditions(x, neg, guided)
+        encoded = time.perf_counter()
+        # 2. the loop: C-backed, one denoise call per step
+        latents = initial_latents(shape, cfg.seed, plan.init_noise_sigma).numpy()
+        noise = _variance_noise(shape, cfg.seed) if plan.stochastic else None
+        latents = run_loop(
+            self.backend.denoise, plan, latents, cond, guidance_scale=cfg.guidance_scale, variance_noise=noise
+        )
+        looped = time.perf_counter()
+        # 3. decode per frame, in chunks
+        video = self.decode(latents, cfg.decode_chunk)
+        self.times = StageTimes(encoded - start, looped - encoded, time.perf_counter() - looped, plan.num_steps)
+        if output == "float":
+            return video
+        return np.round(video.transpose(0, 2, 3, 4, 1) * 255).astype(np.uint8)  # (B, F, H, W, 3)
+
+    def decode(self, latents: np.ndarray, chunk: int = 16) -> np.ndarray:
+        """(B, C, F, h, w) → (B, 3, F, H, W) float32 in [0, 1]."""
+        b, c, f, h, w = latents.shape
+        flat = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
+        images = np.concatenate([self.backend.decode(flat[i : i + chunk]) for i in range(0, b * f, chunk)])
+        return images.reshape(b, f, *images.shape[1:]).transpose(0, 2, 1, 3, 4)
+
+
+def _variance_noise(shape: tuple[int, ...], seed: int):
+    """DDIM η > 0: one standard normal draw per step from a generator seeded like the PyTorch pipeline's."""
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(seed + 1)
+    return lambda step: torch.randn(shape, generator=generator).numpy()
