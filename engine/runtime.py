@@ -42,10 +42,11 @@ class StageTimes:
 class Runtime:
     """``runtime(fmri (B, W, V), negative, GenerationConfig) -> (B, F, H, W, 3) uint8`` on ``backend``."""
 
-    def __init__(self, backend, scheduler_config: dict | None = None, negative_fmri: np.ndarray | None = None):
+    def __init__(self, backend, scheduler_config: dict | None = None, transform=None):
         self.backend = backend
         self.scheduler_config = scheduler_config or backend.scheduler_config
-        self.default_negative = negative_fmri
+        self.transform = transform  # the checkpoint's FMRITransform, if any: raw scans and the default negative
+        self.default_negative = None if transform is None else transform.negative_fmri
         self.times = StageTimes()
         self._plans: dict[tuple, object] = {}
 
@@ -123,6 +124,18 @@ class Runtime:
         flat = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
         images = np.concatenate([self.backend.decode(flat[i : i + chunk]) for i in range(0, b * f, chunk)])
         return images.reshape(b, f, *images.shape[1:]).transpose(0, 2, 1, 3, 4)
+
+
+def load_runtime(backend: str, *, checkpoint=None, engine=None, device: str = "cpu", dtype: str = "fp32") -> Runtime:
+    """A :class:`Runtime` on backend ``backend``; the checkpoint (if given) supplies the data transform."""
+    from mindvideo.pipeline import load_transform
+
+    from .backends import make_backend
+
+    return Runtime(
+        make_backend(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype),
+        transform=load_transform(checkpoint),
+    )
 
 
 def _variance_noise(shape: tuple[int, ...], seed: int):

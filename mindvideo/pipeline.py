@@ -56,11 +56,7 @@ class MindVideoPipeline:
     ) -> MindVideoPipeline:
         """Load a checkpoint folder (ours or the reference layout). fp16 keeps the VAE in fp32 (fp16 VAE NaNs)."""
         parts = load_components(path, num_voxels=num_voxels)
-        transform = None
-        if (Path(path) / "data_transform").is_dir():
-            from mindvideo.data import FMRITransform
-
-            transform = FMRITransform.load(Path(path) / "data_transform")
+        transform = load_transform(path)
         pipe = cls(parts["fmri_encoder"], parts["unet"], parts["vae"], parts["scheduler_config"], transform)
         return pipe.to(device, dtype)
 
@@ -93,21 +89,8 @@ class MindVideoPipeline:
         return check_fmri(fmri, self.window_size, self.num_voxels, name)
 
     def windows_from_scan(self, path: str | Path, first: int = 0, last: int | None = None) -> np.ndarray:
-        """A raw run (NIfTI / CIFTI / array file) → model windows ``(N, W, V)`` for TRs ``first … last-1``, through
-        the checkpoint's fitted data transform (exactly the training preprocessing)."""
-        if self.transform is None:
-            raise MindVideoError(
-                "expected a data_transform/ folder in the checkpoint to read raw scans",
-                "none",
-                "copy the prepared dataset's data_transform/ into the checkpoint, or pass preprocessed windows",
-            )
-        windows = self.transform.windows(self.transform.apply(self.transform.load_run(path)))
-        selected = windows[first:last]
-        if len(selected) == 0:
-            raise MindVideoError(
-                f"expected TRs {first}:{last} to exist in {path}", f"{len(windows)} windows", "change --trs"
-            )
-        return selected
+        """A raw run → model windows ``(N, W, V)`` via the checkpoint's data transform (:func:`scan_windows`)."""
+        return scan_windows(self.transform, path, first, last)
 
     @torch.no_grad()
     def encode(self, fmri: torch.Tensor, negative_fmri: torch.Tensor | None, guided: bool) -> torch.Tensor:
@@ -221,6 +204,33 @@ class MindVideoPipeline:
         if output == "float":
             return video.numpy()
         return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).numpy()  # (B, F, H, W, 3)
+
+
+def load_transform(checkpoint: str | Path | None):
+    """The fitted ``FMRITransform`` of ``CKPT/data_transform``, or ``None`` when the checkpoint has none."""
+    if checkpoint is None or not (Path(checkpoint) / "data_transform").is_dir():
+        return None
+    from mindvideo.data import FMRITransform
+
+    return FMRITransform.load(Path(checkpoint) / "data_transform")
+
+
+def scan_windows(transform, path: str | Path, first: int = 0, last: int | None = None) -> np.ndarray:
+    """A raw run (NIfTI / CIFTI / array file) → model windows ``(N, W, V)`` for TRs ``first … last-1``, through the
+    fitted data transform (exactly the training preprocessing)."""
+    if transform is None:
+        raise MindVideoError(
+            "expected a data_transform/ folder in the checkpoint to read raw scans",
+            "none",
+            "copy the prepared dataset's data_transform/ into the checkpoint, or pass preprocessed windows",
+        )
+    windows = transform.windows(transform.apply(transform.load_run(path)))
+    selected = windows[first:last]
+    if len(selected) == 0:
+        raise MindVideoError(
+            f"expected TRs {first}:{last} to exist in {path}", f"{len(windows)} windows", "change --trs"
+        )
+    return selected
 
 
 def check_fmri(fmri: np.ndarray | torch.Tensor, window: int, voxels: int, name: str = "fMRI") -> torch.Tensor:

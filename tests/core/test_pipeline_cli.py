@@ -120,9 +120,3 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, tiny_ckpt, fmri_fi
 def test_bad_output_suffix(tiny_ckpt, fmri_file, tmp_path):
     result = run("generate", "--checkpoint", tiny_ckpt, "--fmri", fmri_file, "--out", tmp_path / "x.avi")
     assert result.exit_code == 2 and ".mp4" in result.output
-
-
-def test_demo_writes_clips(tmp_path):
-    result = run("demo", "--out", tmp_path / "demo", "--steps", 1, "--frames", 2)
-    assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["clip_0.gif", "clip_1.gif", "fmri.npy"]

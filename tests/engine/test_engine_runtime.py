@@ -1,0 +1,112 @@
+"""The engine Runtime on every backend that runs here, against the PyTorch pipeline, and its error paths."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mindvideo.checkpoint import build_random_checkpoint
+from mindvideo.cli import main
+from mindvideo.engine.backends import OnnxRuntimeBackend, TorchBackend
+from mindvideo.engine.runtime import Runtime
+from mindvideo.errors import MindVideoError
+from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
+
+CFG = GenerationConfig(num_frames=3, num_inference_steps=3, scheduler="dpm", guidance_scale=12.5)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return build_random_checkpoint(tmp_path_factory.mktemp("rt") / "ckpt", "tiny", num_voxels=64, init_scale=0.02)
+
+
+@pytest.fixture(scope="module")
+def engine_dir(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rt") / "exported"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def fmri():
+    return np.random.default_rng(0).standard_normal((2, 2, 64)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, fmri):
+    return MindVideoPipeline.from_pretrained(ckpt)(fmri, None, CFG, output="float", progress=False)
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_torch_backend_equals_the_pipeline(ckpt, fmri, reference):
+    runtime = Runtime(TorchBackend(ckpt))
+    video = runtime(fmri, None, CFG, output="float")
+    print(f"torch + C loop vs pipeline: max rel {relative(video, reference):.2e}")
+    assert video.shape == reference.shape and relative(video, reference) <= 1e-5
+    assert runtime.times.steps == 3 and runtime.times.total > 0
+
+
+def test_onnxruntime_backend_equals_the_pipeline(engine_dir, fmri, reference):
+    video = Runtime(OnnxRuntimeBackend(engine_dir))(fmri, None, CFG, output="float")
+    print(f"onnxruntime + C loop vs pipeline: max rel {relative(video, reference):.2e}")
+    assert relative(video, reference) <= 1e-4
+
+
+def test_cli_backends_agree(ckpt, engine_dir, fmri, tmp_path):
+    np.save(tmp_path / "f.npy", fmri)
+    outs = {}
+    for backend in ("pytorch", "torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.npy"
+        args = [
+            "generate",
+            "--backend",
+            backend,
+            "--checkpoint",
+            ckpt,
+            "--engine",
+            engine_dir,
+            "--fmri",
+            tmp_path / "f.npy",
+            "--frames",
+            2,
+            "--steps",
+            2,
+            "--out",
+            out,
+        ]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        outs[backend] = np.load(out)
+    assert relative(outs["torch"], outs["pytorch"]) <= 1e-5
+    assert relative(outs["onnxruntime"], outs["pytorch"]) <= 1e-4
+
+
+def test_shape_outside_the_profile_is_refused(engine_dir, fmri):
+    runtime = Runtime(OnnxRuntimeBackend(engine_dir))
+    with pytest.raises(MindVideoError, match="profile"):
+        runtime(fmri, None, GenerationConfig(num_frames=40, num_inference_steps=1))  # frames max is 16
+
+
+@pytest.mark.parametrize("case", ["tensorrt", "broken engine", "no engine"])
+def test_backend_errors_exit_2(engine_dir, fmri, tmp_path, case):
+    np.save(tmp_path / "f.npy", fmri)
+    engine = engine_dir
+    if case == "broken engine":
+        engine = shutil.copytree(engine_dir, tmp_path / "broken")
+        graph = next(engine.rglob("unet*.onnx"))
+        graph.write_bytes(graph.read_bytes()[:100])
+    backend = "tensorrt" if case == "tensorrt" else "onnxruntime"
+    args = ["generate", "--backend", backend, "--fmri", str(tmp_path / "f.npy"), "--out", str(tmp_path / "x.npy")]
+    if case != "no engine":
+        args += ["--engine", str(engine)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    expected = {"tensorrt": "TensorRT is not installed", "broken engine": "unet", "no engine": "--engine"}[case]
+    assert expected in result.output and not (tmp_path / "x.npy").exists()
