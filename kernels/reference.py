@@ -64,7 +64,9 @@ def sparse_causal_reference(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Plain gather/concat + matmul/softmax attention (the oracle)."""
-    return _attention(q, gather_frames(k, num_frames, frame_offsets), gather_frames(v, num_frames, frame_offsets), scale)
+    return _attention(
+        q, gather_frames(k, num_frames, frame_offsets), gather_frames(v, num_frames, frame_offsets), scale
+    )
 
 
 @register("temporal_attention", "reference", priority=0)
@@ -95,7 +97,9 @@ def sparse_causal_sdpa(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Gather/concat of K/V frames, then ``F.scaled_dot_product_attention`` (chunked over the batch)."""
-    return _sdpa_chunked(q, gather_frames(k, num_frames, frame_offsets), gather_frames(v, num_frames, frame_offsets), scale)
+    return _sdpa_chunked(
+        q, gather_frames(k, num_frames, frame_offsets), gather_frames(v, num_frames, frame_offsets), scale
+    )
 
 
 @register("temporal_attention", "sdpa", priority=10)

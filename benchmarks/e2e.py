@@ -1,0 +1,233 @@
+"""End-to-end and per-stage benchmark of fMRI → video, every backend side by side in one run.
+
+CPU mode (any machine): a checkpoint (default: a tiny random one) through
+  * ``pytorch``    — the reference-style eager PyTorch pipeline (diffusers ``scheduler.step`` loop),
+  * ``torch``      — eager PyTorch networks driven by the C sampling loop,
+  * ``onnxruntime`` — the exported graphs (exported here first) driven by the C sampling loop,
+reporting per-stage latency, frames/s and the ratio to ``pytorch`` measured in the same process.
+
+GPU mode (``--gpu``, needs CUDA): an SD-1.5-sized random UNet at 256², 60 frames, 25 steps, guided, comparing
+  * eager fp32 (reference-style: per-step Python loop, diffusers ``scheduler.step``),
+  * eager fp16 + SDPA (same loop),
+  * bf16 per-step Python loop with the fused Triton update (``GraphedLoop.run_eager``),
+  * bf16 whole-loop CUDA graph (``GraphedLoop`` replay),
+with the real-time factor against a 2-s TR and the achieved TFLOP/s and % of the measured bf16 matmul peak.
+
+Results go to ``benchmarks/results/e2e-<device>.json`` with the device, commit, command and date.
+
+    python benchmarks/e2e.py                   # CPU, tiny model
+    python benchmarks/e2e.py --checkpoint CKPT --frames 6 --steps 10
+    python benchmarks/e2e.py --gpu             # H100/H200: the real-time target
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TR_SECONDS = 2.0
+
+
+def provenance(argv: list[str]) -> dict:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
+    return {
+        "device": device,
+        "cpu_count": __import__("os").cpu_count(),
+        "commit": commit,
+        "dirty_tree": dirty,
+        "command": " ".join(["python", *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+
+
+def timed(fn, repeats: int, sync=lambda: None) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# --------------------------------------------------------------------------------------------------------- CPU
+
+
+def cpu_bench(checkpoint: Path | None, frames: int, steps: int, repeats: int, threads: int) -> dict:
+    from mindvideo.checkpoint import build_random_checkpoint
+    from mindvideo.engine.backends import OnnxRuntimeBackend, TorchBackend
+    from mindvideo.engine.runtime import Runtime
+    from mindvideo.export import ExportSettings, export_onnx
+    from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
+
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix="mindvideo-bench-"))
+    if checkpoint is None:
+        checkpoint = build_random_checkpoint(work / "ckpt", "tiny", init_scale=0.02)
+    export_onnx(checkpoint, work / "exported", ExportSettings())
+    pipe = MindVideoPipeline.from_pretrained(checkpoint)
+    fmri = np.random.default_rng(0).standard_normal((1, pipe.window_size, pipe.num_voxels)).astype(np.float32)
+    cfg = GenerationConfig(num_frames=frames, num_inference_steps=steps, scheduler="dpm")
+    runtimes = {
+        "torch": Runtime(TorchBackend(checkpoint)),
+        "onnxruntime": Runtime(OnnxRuntimeBackend(work / "exported", threads=threads)),
+    }
+    calls = {"pytorch": lambda: pipe(fmri, None, cfg, progress=False)}
+    calls.update({name: (lambda rt=rt: rt(fmri, None, cfg)) for name, rt in runtimes.items()})
+    rows: dict[str, dict] = {name: {"seconds": [], "stages": []} for name in calls}
+    for call in calls.values():  # warm-up
+        call()
+    for _ in range(repeats):  # interleaved, so background load hits every backend alike
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            rows[name]["seconds"].append(time.perf_counter() - start)
+            if name in runtimes:
+                rows[name]["stages"].append(runtimes[name].times)
+    for name in runtimes:
+        stages = rows[name].pop("stages")
+        rows[name]["stages_median"] = {
+            stage: statistics.median(getattr(t, stage) for t in stages) for stage in ("encode", "loop", "decode")
+        }
+    rows["pytorch"].pop("stages")
+    base = statistics.median(rows["pytorch"]["seconds"])
+    for row in rows.values():
+        row["median_s"] = statistics.median(row["seconds"])
+        row["frames_per_s"] = frames / row["median_s"]
+        row["speedup_vs_pytorch"] = base / row["median_s"]
+        row["real_time_factor"] = row["median_s"] / TR_SECONDS
+    return {
+        "mode": "cpu",
+        "checkpoint": str(checkpoint),
+        "frames": frames,
+        "steps": steps,
+        "threads": threads,
+        "batch": 1,
+        "guidance": cfg.guidance_scale,
+        "scheduler": cfg.scheduler,
+        "backends": rows,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- GPU
+
+
+def unet_flops(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(x, t, cond)
+    return counter.get_total_flops()
+
+
+def matmul_peak(dtype=torch.bfloat16, n: int = 8192) -> float:
+    a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+    seconds = statistics.median(timed(lambda: a @ b, 10, torch.cuda.synchronize))
+    return 2 * n**3 / seconds
+
+
+def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
+    from mindvideo.checkpoint import SCHEDULER_CONFIG
+    from mindvideo.engine import make_plan
+    from mindvideo.engine.cuda_graph import GraphedLoop
+    from mindvideo.models import VideoUNet, VideoUNetConfig
+    from mindvideo.sampling import guided_sample, initial_latents, make_scheduler
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    sync = torch.cuda.synchronize
+    shape, cond_shape = (1, 4, frames, 32, 32), (2, 77, 768)
+    latents = initial_latents(shape, 0, 1.0).cuda()
+    results: dict = {"mode": "gpu", "frames": frames, "steps": steps, "resolution": 256, "batch": 1, "guided": True}
+    peak = matmul_peak()
+    results["measured_bf16_matmul_peak_tflops"] = peak / 1e12
+    for label, dtype in (("eager_fp32", torch.float32), ("eager_fp16_sdpa", torch.float16)):
+        unet = VideoUNet(VideoUNetConfig.sd15()).cuda().to(dtype).eval()
+        cond = torch.randn(cond_shape, device="cuda", dtype=dtype)
+        scheduler = make_scheduler(SCHEDULER_CONFIG, "dpm")
+
+        def denoise(x, t, c, unet=unet, dtype=dtype):
+            return unet(x.to(dtype), t.expand(x.shape[0]).float(), c)
+
+        def run(denoise=denoise, scheduler=scheduler, cond=cond):
+            return guided_sample(denoise, scheduler, latents, cond, 12.5, steps)
+
+        results[label] = {"seconds": timed(run, repeats, sync)}
+        del unet
+        torch.cuda.empty_cache()
+    unet = VideoUNet(VideoUNetConfig.sd15()).cuda().to(torch.bfloat16).eval()
+    cond = torch.randn(cond_shape, device="cuda", dtype=torch.bfloat16)
+    plan = make_plan(make_scheduler(SCHEDULER_CONFIG, "dpm"), steps)
+    loop = GraphedLoop(unet, plan, shape, cond_shape, guidance_scale=12.5, dtype=torch.bfloat16)
+    results["python_loop_bf16"] = {"seconds": timed(lambda: loop.run_eager(latents, cond), repeats, sync)}
+    loop.capture()
+    results["cuda_graph_bf16"] = {"seconds": timed(lambda: loop(latents, cond), repeats, sync)}
+    x_in = torch.zeros((2, *shape[1:]), device="cuda", dtype=torch.bfloat16)
+    flops = unet_flops(unet, x_in, torch.zeros(2, device="cuda"), cond) * steps
+    results["unet_flops_per_clip"] = flops
+    results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    for key in ("eager_fp32", "eager_fp16_sdpa", "python_loop_bf16", "cuda_graph_bf16"):
+        row = results[key]
+        row["median_s"] = statistics.median(row["seconds"])
+        row["real_time_factor"] = row["median_s"] / TR_SECONDS
+        row["tflops"] = flops / row["median_s"] / 1e12
+        row["percent_of_bf16_peak"] = 100 * flops / row["median_s"] / peak
+        row["speedup_vs_eager_fp32"] = results["eager_fp32"]["median_s"] / row["median_s"]
+    results["note"] = "UNet loop only (encoder and VAE decode not included); random SD-1.5-sized weights."
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="the GPU benchmark (SD-1.5 size, 60 frames)")
+    parser.add_argument("--checkpoint", type=Path, help="CPU mode: checkpoint folder [default: tiny random]")
+    parser.add_argument("--frames", type=int, help="frames per clip [default: 6 CPU, 60 GPU]")
+    parser.add_argument("--steps", type=int, help="denoising steps [default: 10 CPU, 25 GPU]")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="CPU mode: intra-op threads for torch and onnxruntime")
+    parser.add_argument("--out", type=Path, help="result JSON [default: benchmarks/results/e2e-<device>.json]")
+    args = parser.parse_args(argv)
+    if args.gpu:
+        if not torch.cuda.is_available():
+            sys.exit("error: --gpu needs a CUDA device; run the CPU mode without --gpu")
+        result = gpu_bench(args.frames or 60, args.steps or 25, args.repeats)
+    else:
+        result = cpu_bench(args.checkpoint, args.frames or 6, args.steps or 10, args.repeats, args.threads)
+    result["provenance"] = provenance(sys.argv if argv is None else ["benchmarks/e2e.py", *argv])
+    tag = "gpu-" + torch.cuda.get_device_name().replace(" ", "_") if args.gpu else "cpu"
+    out = args.out or RESULTS / f"e2e-{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
