@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.gpu:
         if not torch.cuda.is_available():
-            sys.exit("error: --gpu needs a CUDA device; run the CPU mode without --gpu")
+            from mindvideo.errors import MindVideoError
+
+            raise MindVideoError("expected a CUDA device for --gpu", "none", "run the CPU mode without --gpu")
         result = gpu_bench(args.frames or 60, args.steps or 25, args.repeats)
     else:
         result = cpu_bench(args.checkpoint, args.frames or 6, args.steps or 10, args.repeats, args.threads)
@@ -230,4 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mindvideo.errors import MindVideoError
+
+    try:
+        main()
+    except MindVideoError as exc:
+        sys.exit(f"error: {exc}")
