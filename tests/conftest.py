@@ -1,9 +1,17 @@
-"""Shared test set-up: deterministic torch, few threads, and a GPU marker that skips with a reason on CPU."""
+"""Shared test set-up: deterministic torch, one thread per worker, Triton's interpreter without a GPU, and a GPU
+marker that skips with a reason on CPU."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton reads TRITON_INTERPRET when it decorates a kernel, its own standard library included, and any test
+    # module's import (transformers, torch) may import triton during collection: set it before anything else.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

@@ -7,6 +7,7 @@ CUDA tensors (see ``kernel_cases.DEVICE``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 
@@ -15,6 +16,11 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Decorate the kernels now, under the interpreter: a test that sets TRITON_INTERPRET=0 for a moment must not be
+    # the first to import them (with pytest-xdist, any test can run first in a worker).
+    with contextlib.suppress(ImportError):
+        import mindvideo.kernels.sparse_causal
+        import mindvideo.kernels.temporal  # noqa: F401
 
 
 @pytest.fixture
