@@ -1,0 +1,493 @@
+"""Streaming decoder for BCI / real-time fMRI: push one TR at a time, get each TR's clip.
+
+One TR goes in as a raw 3-D NIfTI volume (array or nibabel image), a CIFTI row (a one-row ``Cifti2Image`` or a
+``(V_raw,)`` vector) or, flagged with ``model_space=True``, an already model-space ``(V_model,)`` vector::
+
+    raw frame (V_raw,) ─► OnlineCleaner (causal high-pass + running z-score) ─► transform.project ─► (V_model,)
+      ─► sliding window (W, V_model) ─► generate(windows (1, W, V_model)) ─► Clip: frames (F, H, W, 3) uint8
+
+**Windows** follow the reference rule (:func:`mindvideo.data.preprocess.window_indices`): the clip of stimulus TR
+``t`` is decoded from fMRI frames ``t+lag … t+lag+W-1``, each clamped to the last frame of the scan. Online, window
+``t`` is complete when frame ``t+lag+W-1`` arrives, so the first ``lag+W-1`` pushes return ``None``, every later
+push returns the clip of TR ``n-lag-W+1`` (``n`` = index of the frame just pushed), and :meth:`flush` (end of scan)
+emits the last ``W-1`` windows with the end clamp: ``T - lag`` clips in all, the same windows as the offline
+``transform.windows(...)``. The clip of TR ``t`` therefore comes ``W-1+lag`` TRs after frame ``t`` (the window
+needs them); the *processing* latency recorded here runs from the arrival of the frame that completes the window
+to the frames being out (generated; in threaded mode, also written by every sink).
+
+**Online cleaning vs offline**: offline (:meth:`FMRITransform.clean`) removes a 4th-order Legendre polynomial fit
+over the whole run and z-scores every voxel with the whole run's mean/std: both use the future, impossible live.
+:class:`OnlineCleaner` is causal: (1) high-pass by subtracting an exponential running mean (half-life
+``highpass_halflife`` TRs; a first-order IIR high-pass, -3 dB at ``ln 2 / (2π·halflife·TR)`` Hz, ≈ 0.0017 Hz for
+32 TRs of 2 s), (2) z-score with an exponentially weighted running mean/variance of the high-passed signal
+(half-life ``stats_halflife`` TRs; 0 = cumulative Welford over every TR so far). Both estimators start as plain
+cumulative means (weight ``max(α, 1/(n+1))``), so the first TRs are well defined; TRs before ``warmup`` are
+flagged cold (``Clip.warm`` False). On simulated runs the post-warm-up output correlates with the offline
+transform at a median r ≈ 0.9 per voxel (tests/engine/test_engine_stream.py). ``mode="fixed"`` uses given
+per-voxel mean/std (e.g. from a calibration run) and ``freeze_after`` stops updating the running estimates: both
+make the cleaning a fixed affine map ``(x - a) / b``, so the clips equal the pipeline's on the windows of
+``transform.project((run - a) / b)`` computed offline.
+
+**Threaded mode** (:meth:`start` / :meth:`submit` / :meth:`close`): the producer submits TRs at scanner cadence;
+generation runs in a worker thread. When generation falls behind (a window is still queued when the worker picks
+the next one, or it waited longer than one TR), the ``policy`` acts and is reported (a WARNING log line per
+action, counters in :meth:`stats`): ``drop-oldest`` drops the oldest queued windows beyond ``max_queue`` (default
+1: always decode the freshest); ``skip-frames`` / ``lower-steps`` halve the frames / denoising steps per clip down
+to a floor and raise them back once on time; ``block`` never drops (the producer waits; for replays). The others
+keep the queue bounded: a full queue drops its oldest window, logged as such. The last ``W - 1`` windows queued
+by :meth:`close` are always decoded.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import numpy as np
+
+from mindvideo.engine.stream_input import (
+    CLEAN_MODES,
+    OnlineCleanConfig,
+    OnlineCleaner,
+    WindowBuffer,
+    WindowJob,
+    calibration_stats,
+    raw_frame,
+)
+from mindvideo.engine.stream_policy import DEFAULT_MAX_QUEUE, POLICIES, Controller, StreamStats
+from mindvideo.errors import MindVideoError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CLEAN_MODES",
+    "POLICIES",
+    "Clip",
+    "OnlineCleanConfig",
+    "OnlineCleaner",
+    "StreamStats",
+    "StreamingDecoder",
+    "WindowBuffer",
+    "calibration_stats",
+    "pipeline_generator",
+    "raw_frame",
+    "run_stream",
+]
+
+
+Generate = Callable[..., np.ndarray]  # generate(windows (B, W, V) float32[, frames=, steps=]) -> (B, F, H, W, 3) uint8
+
+
+class Sink(Protocol):
+    """Where clips go (see :mod:`mindvideo.engine.sinks`)."""
+
+    def write(self, clip: Clip) -> None: ...
+    def close(self, summary: dict[str, Any]) -> None: ...
+    def abort(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class Clip:
+    """One TR's reconstruction. ``np.asarray(clip)`` gives ``frames``."""
+
+    tr: int  # stimulus TR index t (window of fMRI frames t+lag … t+lag+W-1)
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    arrival: float  # time.monotonic() when the window's completing frame arrived (s)
+    started: float  # time.monotonic() when generation started (s)
+    ready: float  # time.monotonic() when generation finished (s)
+    settings: dict[str, int]  # the frames / steps passed to generate ({} = its defaults)
+    warm: bool  # every frame of the window was cleaned after warm-up
+    degraded: bool  # made with fewer frames / steps than nominal (policy skip-frames / lower-steps)
+    queued: int = 0  # windows still waiting when this one was picked
+
+    @property
+    def latency_s(self) -> float:
+        """Arrival → frames ready (s)."""
+        return self.ready - self.arrival
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.frames if dtype is None else self.frames.astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------------- decoder
+
+
+class StreamingDecoder:
+    """Push TRs, get clips: online cleaning → ``transform.project`` → sliding window → ``generate``.
+
+    ``generate(windows (B, W, V_model) float32) -> (B, F, H, W, 3) uint8`` is any backend; it must also take the
+    keyword ``frames`` (for ``skip-frames``) / ``steps`` (for ``lower-steps``) — see :func:`pipeline_generator`.
+    ``transform``: the checkpoint's fitted :class:`~mindvideo.data.FMRITransform` (``None`` when only model-space
+    vectors are pushed; then ``window_size`` is required and ``num_voxels`` = V_model checks them). ``frames`` /
+    ``steps``: nominal settings passed to ``generate`` (``None``: its defaults). ``tr``: the scanner's repetition
+    time or, under an accelerated clock, the cadence (s): a window waiting longer than this counts as behind
+    schedule. ``clean_stats``: per-raw-voxel (mean, std) for ``clean.mode == "fixed"``.
+    """
+
+    def __init__(
+        self,
+        generate: Generate,
+        transform: Any = None,
+        *,
+        window_size: int | None = None,
+        num_voxels: int | None = None,
+        lag: int | None = None,
+        policy: str = "drop-oldest",
+        max_queue: int | None = None,
+        frames: int | None = None,
+        steps: int | None = None,
+        min_frames: int = 1,
+        min_steps: int = 1,
+        tr: float = 2.0,
+        clean: OnlineCleanConfig | None = None,
+        clean_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        recover_after: int = 3,
+    ):
+        self._check_options(generate, transform, window_size, policy, max_queue, frames, steps, tr)
+        if min(min_frames, min_steps) < 1:
+            raise MindVideoError("expected min_frames and min_steps ≥ 1", f"{min_frames}, {min_steps}", "raise them")
+        self.generate, self.transform, self.policy, self.tr = generate, transform, policy, tr
+        self.window_size = window_size or transform.window_size
+        lag = (transform.preprocess.lag if transform is not None else 0) if lag is None else lag
+        self.max_queue = max_queue or DEFAULT_MAX_QUEUE[policy]
+        mean, std = clean_stats if clean_stats is not None else (None, None)
+        self.cleaner = None if transform is None else OnlineCleaner(transform.n_raw, clean, mean, std)
+        self._windows = WindowBuffer(self.window_size, lag)
+        self._control = Controller(policy, frames, steps, (min_frames, min_steps), recover_after)
+        self._stats = StreamStats(policy)
+        self._num_voxels = transform.num_voxels if transform is not None else num_voxels
+        self._queue: collections.deque[WindowJob] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._on_clip: Callable[[Clip], None] | None = None
+        self._closing = self._aborting = False
+        self._error: BaseException | None = None
+        self.clips: list[Clip] = []  # threaded mode without on_clip
+
+    @staticmethod
+    def _check_options(generate, transform, window_size, policy, max_queue, frames, steps, tr) -> None:
+        if policy not in POLICIES:
+            raise MindVideoError(f"expected a policy among {POLICIES}", repr(policy), "pick one")
+        if transform is None and not window_size:
+            raise MindVideoError("expected window_size without a transform", "neither", "pass window_size=")
+        small = [v for v in (max_queue, frames, steps) if v is not None and v < 1]
+        if small or tr <= 0:
+            raise MindVideoError(
+                "expected max_queue ≥ 1, tr > 0, frames/steps ≥ 1", f"{max_queue}, {tr}, {frames}/{steps}", "fix them"
+            )
+        knob = {"skip-frames": ("frames", frames), "lower-steps": ("steps", steps)}.get(policy)
+        if knob is not None:
+            params = inspect.signature(generate).parameters
+            takes = knob[0] in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+            if not takes or knob[1] is None:
+                raise MindVideoError(
+                    f"expected a generate callable taking {knob[0]}= and a nominal {knob[0]} for policy {policy}",
+                    f"{getattr(generate, '__name__', generate)!r} with {knob[0]}={knob[1]}",
+                    "wrap the backend with pipeline_generator(), or pick --policy drop-oldest",
+                )
+
+    # ------------------------------------------------------------------------------------------- one frame
+
+    def model_frame(self, item: Any, model_space: bool = False) -> tuple[np.ndarray, bool]:
+        """One TR → (model-space frame ``(V_model,)`` float32, warm). See :func:`raw_frame` for the inputs."""
+        if model_space:
+            vector = np.asarray(item, np.float32)
+            expected = self._num_voxels or (vector.shape[0] if vector.ndim == 1 else None)
+            if expected is None or vector.shape != (expected,):
+                raise MindVideoError(
+                    f"expected a 1-D model-space vector of {expected or 'V_model'} voxels (the encoder's num_voxels)",
+                    f"shape {vector.shape}",
+                    "send transform.project(...) output, or raw frames without --model-space",
+                )
+            self._num_voxels = expected
+            return vector, True
+        if self.transform is None or self.cleaner is None:
+            raise MindVideoError("expected a data transform to read raw frames", "none", "push model_space vectors")
+        cleaned, warm = self.cleaner.update(raw_frame(item, self.transform))
+        return self.transform.project(cleaned), warm
+
+    def _next_job(self, item: Any, model_space: bool, arrival: float | None) -> WindowJob | None:
+        frame, warm = self.model_frame(item, model_space)
+        job = self._windows.push(frame, warm, time.monotonic() if arrival is None else arrival)
+        with self._cond:
+            self._stats.trs_in += 1
+            self._stats.windows += job is not None
+        return job
+
+    # ------------------------------------------------------------------------------------------- synchronous
+
+    def push(self, item: Any, *, model_space: bool = False, arrival: float | None = None) -> Clip | None:
+        """Add one TR and, when it completes a window, generate that window's clip now (nominal settings).
+
+        ``arrival``: ``time.monotonic()`` when the TR arrived (default: now). Returns ``None`` for the first
+        ``lag + W - 1`` TRs. Not available while the worker thread runs (use :meth:`submit`).
+        """
+        self._require_thread(False)
+        job = self._next_job(item, model_space, arrival)
+        if job is None:
+            return None
+        clip = self._process(job, 0)
+        self._record(clip, clip.ready)
+        return clip
+
+    def flush(self) -> list[Clip]:
+        """End of scan (synchronous mode): the clips of the last ``W - 1`` windows (end clamp)."""
+        self._require_thread(False)
+        jobs = self._windows.flush(time.monotonic())
+        self._stats.windows += len(jobs)
+        clips = [self._process(job, 0) for job in jobs]
+        for clip in clips:
+            self._record(clip, clip.ready)
+        return clips
+
+    def warm_up(self) -> float:
+        """One untimed generation on the negative (or a zero) window so that the first TR does not pay for lazy
+        initialisation; returns its duration (s)."""
+        v = self._num_voxels or 16
+        window = self.transform.negative_fmri if self.transform is not None else np.zeros((self.window_size, v))
+        start = time.perf_counter()
+        self.generate(np.asarray(window, np.float32)[None], **self._control.settings())
+        return time.perf_counter() - start
+
+    def _process(self, job: WindowJob, queued: int) -> Clip:
+        """Generate one job's clip with the current settings."""
+        settings = self._control.settings()
+        start = time.monotonic()
+        out = np.asarray(self.generate(job.window[None], **settings))
+        if out.ndim != 5 or out.shape[0] != 1 or out.dtype != np.uint8 or out.shape[-1] != 3:
+            raise TypeError(f"generate must return (1, F, H, W, 3) uint8 frames, got {out.dtype} {out.shape}")
+        degraded = self._control.degraded
+        return Clip(job.tr, out[0], job.arrival, start, time.monotonic(), settings, job.warm, degraded, queued)
+
+    def _record(self, clip: Clip, done: float) -> None:
+        """Count a delivered clip; ``done``: when its frames were out (ready, or written by every sink)."""
+        generate_s = clip.ready - clip.started
+        with self._cond:
+            s = self._stats
+            s.processed += 1
+            s.degraded += clip.degraded
+            s.cold += not clip.warm
+            knobs = (clip.settings.get("frames", -1), clip.settings.get("steps", -1))
+            s.records.append((clip.tr, done - clip.arrival, generate_s, clip.arrival, done, clip.queued, *knobs))
+        knobs = ", ".join(f"{k} {v}" for k, v in clip.settings.items()) or f"{clip.frames.shape[0]} frames"
+        log.info(
+            "TR %d: %s, latency %.3f s (generate %.3f s, %d queued)%s",
+            clip.tr,
+            knobs,
+            done - clip.arrival,
+            generate_s,
+            clip.queued,
+            "" if clip.warm else " [warm-up]",
+        )
+
+    # ------------------------------------------------------------------------------------------- threaded
+
+    def start(self, on_clip: Callable[[Clip], None] | None = None) -> StreamingDecoder:
+        """Start the worker thread; each clip goes to ``on_clip`` (called in the worker) or to :attr:`clips`."""
+        self._require_thread(False)
+        self._on_clip = on_clip
+        self._thread = threading.Thread(target=self._work, name="mindvideo-stream-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, item: Any, *, model_space: bool = False, arrival: float | None = None) -> None:
+        """Add one TR from the producer: clean and window it now, queue its window for the worker. Raises the
+        worker's error, if it stopped on one."""
+        self._require_thread(True)
+        self._raise_worker_error()
+        job = self._next_job(item, model_space, arrival)
+        if job is not None:
+            self._enqueue(job)
+
+    def close(self, timeout: float | None = None) -> dict[str, Any]:
+        """End of scan (threaded mode): queue the last ``W - 1`` windows (beyond the queue bound: nothing is behind
+        any more), let the worker finish the queue, stop it. Returns :meth:`stats`. Raises the worker's error, or
+        :class:`TimeoutError` if it is still busy after ``timeout``."""
+        if self._thread is not None:
+            jobs = self._windows.flush(time.monotonic())
+            with self._cond:  # the scan is over: the last windows are always decoded, never dropped
+                self._stats.windows += len(jobs)
+                self._queue.extend(jobs)
+                self._stats.max_queue_depth = max(self._stats.max_queue_depth, len(self._queue))
+                self._closing = True
+                self._cond.notify_all()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.abort(timeout=1.0)
+                raise TimeoutError(f"the stream worker did not finish within {timeout} s")
+            self._thread = None
+            self._raise_worker_error()
+        return self.stats()
+
+    def abort(self, timeout: float = 5.0) -> None:
+        """Stop the worker now, discarding queued windows (error paths); waits up to ``timeout`` s."""
+        with self._cond:
+            self._aborting = True
+            self._queue.clear()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("the stream worker is still inside generate after %.1f s; leaving it (daemon)", timeout)
+            self._thread = None
+
+    def __enter__(self) -> StreamingDecoder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._thread is None:
+            return
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def stats(self) -> dict[str, Any]:
+        """:meth:`StreamStats.summary` plus the policy settings."""
+        with self._cond:
+            summary = self._stats.summary()
+        return {**summary, "max_queue": self.max_queue, "window_size": self.window_size, "tr_s": self.tr}
+
+    def records(self) -> list[dict[str, Any]]:
+        """Per-TR records, oldest first (the latest :data:`~mindvideo.engine.stream_policy.HISTORY`): tr,
+        latency_s, generate_s, queued, the frames / steps used, and the ``time.monotonic()`` stamps ``arrival`` /
+        ``done`` (CLOCK_MONOTONIC is system-wide on Linux: comparable across processes)."""
+        with self._cond:
+            return self._stats.records.to_list()
+
+    def _require_thread(self, running: bool) -> None:
+        if (self._thread is not None) != running:
+            raise RuntimeError("call start() first" if running else "the worker thread is running: use submit()")
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _enqueue(self, job: WindowJob) -> None:
+        """Queue a window, applying the queue bound (block, or drop the oldest: logged and counted)."""
+        with self._cond:
+            while self.policy == "block" and len(self._queue) >= self.max_queue and self._error is None:
+                self._cond.wait(timeout=0.5)
+            self._raise_worker_error()
+            while len(self._queue) >= self.max_queue:
+                old = self._queue.popleft()
+                self._stats.dropped.append(old.tr)
+                log.warning(
+                    "dropped TR %d after %.3f s in the queue (queue full at max_queue=%d; policy %s)",
+                    old.tr,
+                    time.monotonic() - old.arrival,
+                    self.max_queue,
+                    self.policy,
+                )
+            self._queue.append(job)
+            self._stats.max_queue_depth = max(self._stats.max_queue_depth, len(self._queue))
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        """The worker: take the oldest queued window, apply the policy, generate, deliver."""
+        while True:
+            with self._cond:
+                while not self._queue and not (self._closing or self._aborting):
+                    self._cond.wait()
+                if self._aborting or not self._queue:
+                    return
+                job, queued = self._queue.popleft(), len(self._queue)
+                self._cond.notify_all()
+            try:
+                self._policy_before(job, queued)
+                clip = self._process(job, queued)
+                (self._on_clip or self.clips.append)(clip)
+                self._record(clip, time.monotonic())
+                self._policy_after(clip)
+            except BaseException as exc:  # delivered to the producer by submit()/close()
+                log.error("stream worker stopped at TR %d: %s", job.tr, exc)
+                with self._cond:
+                    self._error = exc
+                    self._queue.clear()
+                    self._cond.notify_all()
+                return
+
+    def _policy_before(self, job: WindowJob, queued: int) -> None:
+        age = time.monotonic() - job.arrival
+        behind = queued > 0 or age > self.tr
+        message = self._control.before(behind, f"TR {job.tr}: {queued} queued, waited {age:.3f} s")
+        if message:
+            with self._cond:
+                self._stats.policy_actions += 1
+            log.warning("%s; policy %s", message, self.policy)
+
+    def _policy_after(self, clip: Clip) -> None:
+        message = self._control.after(clip.ready - clip.started, self.tr)
+        if message:
+            with self._cond:
+                self._stats.policy_actions += 1
+            log.warning("%s; policy %s", message, self.policy)
+
+
+def pipeline_generator(pipe: Any, config: Any) -> Generate:
+    """A :data:`Generate` over a :class:`~mindvideo.pipeline.MindVideoPipeline` and its
+    :class:`~mindvideo.pipeline.GenerationConfig`; ``frames`` / ``steps`` override the config per call."""
+
+    def generate(windows: np.ndarray, *, frames: int | None = None, steps: int | None = None) -> np.ndarray:
+        cfg = dataclasses.replace(
+            config,
+            num_frames=frames or config.num_frames,
+            num_inference_steps=steps or config.num_inference_steps,
+        )
+        return pipe(windows, None, cfg, progress=False)
+
+    return generate
+
+
+def run_stream(
+    decoder: StreamingDecoder,
+    source: Iterable[Any],
+    sinks: list[Sink],
+    *,
+    model_space: bool = False,
+    close_timeout: float | None = None,
+) -> dict[str, Any]:
+    """Drive ``source`` (items with ``payload`` and ``arrival``, see :mod:`mindvideo.engine.sources`) through the
+    decoder's threaded mode into ``sinks``; returns :meth:`StreamingDecoder.stats`.
+
+    On success every sink is finished (a file sink renames its file into place); on any error the worker is
+    stopped, every sink aborted (no partial output) and the error re-raised. Ctrl-C ends the scan early: the TRs
+    already received are still decoded and written.
+    """
+
+    def deliver(clip: Clip) -> None:
+        for sink in sinks:
+            sink.write(clip)
+
+    decoder.start(on_clip=deliver)
+    try:
+        try:
+            for item in source:
+                decoder.submit(item.payload, arrival=item.arrival, model_space=model_space)
+        except KeyboardInterrupt:
+            log.warning("interrupted: finishing the %d TRs received so far", decoder.stats()["trs_in"])
+        summary = decoder.close(timeout=close_timeout)
+        if summary["processed"] == 0:
+            raise MindVideoError(
+                "expected at least one decoded TR", f"{summary['trs_in']} TRs received", "check the source"
+            )
+        for sink in sinks:
+            sink.close(summary)
+    except BaseException:
+        decoder.abort()
+        for sink in sinks:
+            sink.abort()
+        raise
+    finally:
+        getattr(source, "close", lambda: None)()
+    return summary

@@ -1,0 +1,213 @@
+"""``mindvideo stream``: decode TRs live from a folder, a localhost TCP socket or stdin into files / streams.
+
+Wraps :class:`mindvideo.engine.stream.StreamingDecoder` with :mod:`mindvideo.engine.sources` and
+:mod:`mindvideo.engine.sinks` (their docstrings define the file naming and the TCP/stdin/stdout framings). Every
+option is checked before the model loads; ports are bound and output files opened (as temporary files) before the
+first TR is read; any user error exits with code 2 and leaves no output file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mindvideo.errors import MindVideoError
+from mindvideo.sampling import SCHEDULERS
+
+POLICY_CHOICES = ("drop-oldest", "skip-frames", "lower-steps", "block")  # mindvideo.engine.stream.POLICIES
+
+
+def _load_clean_stats(path: Path | None) -> tuple[Any, Any] | None:
+    """``--clean-stats``: an .npz with per-raw-voxel ``mean`` and ``std`` (e.g. of a calibration run)."""
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive["mean"], archive["std"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise MindVideoError(
+            f"expected an .npz with 'mean' and 'std' arrays at {path}",
+            f"{type(exc).__name__}: {exc}",
+            "save them with numpy.savez(path, mean=..., std=...) (see calibration_stats)",
+        ) from None
+
+
+def _decoder(pipe: Any, gen: Any, opts: dict[str, Any]) -> Any:
+    """The StreamingDecoder for the CLI options (``gen``: a GenerationConfig)."""
+    from mindvideo.engine.stream import OnlineCleanConfig, StreamingDecoder, pipeline_generator
+
+    if pipe.transform is None and not opts["model_space"]:
+        raise MindVideoError(
+            f"expected a data_transform/ folder in {opts['checkpoint']} to read raw TRs",
+            "none",
+            "copy the prepared dataset's data_transform/ into the checkpoint, or send model-space vectors with "
+            "--model-space",
+        )
+    stats = _load_clean_stats(opts["clean_stats"])
+    clean = OnlineCleanConfig(
+        mode="fixed" if stats is not None else opts["clean"],
+        warmup=opts["warmup"],
+        highpass_halflife=opts["highpass_trs"],
+        stats_halflife=opts["stats_halflife_trs"],
+    )
+    return StreamingDecoder(
+        pipeline_generator(pipe, gen),
+        pipe.transform,
+        window_size=pipe.window_size,
+        num_voxels=pipe.num_voxels,
+        policy=opts["policy"],
+        max_queue=opts["max_queue"],
+        frames=gen.num_frames,
+        steps=gen.num_inference_steps,
+        min_frames=opts["min_frames"],
+        min_steps=opts["min_steps"],
+        tr=opts["tr"],
+        clean=clean,
+        clean_stats=stats,
+    )
+
+
+def _report(summary: dict[str, Any], sinks: list[str], seconds: float, to_stderr: bool) -> None:
+    """A short table on stdout (stderr when stdout carries the clip stream)."""
+    lat = summary["latency_s"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    rows = [
+        ("TRs received", summary["trs_in"]),
+        ("clips", f"{summary['processed']} of {summary['windows']} windows"),
+        ("dropped", f"{summary['dropped']} {summary['dropped_trs'][:10] if summary['dropped'] else ''}".strip()),
+        ("degraded", f"{summary['degraded']} (policy {summary['policy']}, {summary['policy_actions']} actions)"),
+        ("warm-up clips", summary["cold"]),
+        ("latency s", f"p50 {fmt(lat['p50'])}  p95 {fmt(lat['p95'])}  max {fmt(lat['max'])}"),
+        ("seconds", f"{seconds:.1f}"),
+        ("sinks", ", ".join(sinks)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"  {key:<{width}}  {value}", err=to_stderr)
+
+
+def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    if path is None:
+        return
+    from mindvideo.media import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"summary": summary, "trs": records}, indent=1) + "\n", encoding="utf-8")
+
+
+@click.command("stream")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
+@click.option("--source", required=True, help="folder:DIR | tcp:127.0.0.1:PORT | stdin (framing: see --help).")
+@click.option(
+    "--sink", "sinks", multiple=True, required=True, help="file:OUT.mp4|OUT.gif | tcp:PORT | stdout | window; repeat."
+)
+@click.option("--frames", default=6, show_default=True, help="Frames per TR clip (nominal).")
+@click.option("--steps", default=8, show_default=True, help="Denoising steps (nominal).")
+@click.option("--guidance", default=12.5, show_default=True, help="Guidance scale (1 = none).")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True)
+@click.option("--seed", default=3407, show_default=True)
+@click.option("--height", type=int, help="Output height [default: the UNet's native size].")
+@click.option("--width", type=int, help="Output width [default: the UNet's native size].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--threads", type=int, help="torch CPU threads [default: torch's].")
+@click.option("--policy", type=click.Choice(POLICY_CHOICES), default="drop-oldest", show_default=True)
+@click.option("--max-queue", type=int, help="Windows waiting at most [default: 1 drop-oldest, 4, 8 block].")
+@click.option("--min-frames", default=2, show_default=True, help="Floor for --policy skip-frames.")
+@click.option("--min-steps", default=1, show_default=True, help="Floor for --policy lower-steps.")
+@click.option("--tr", default=2.0, show_default=True, help="Seconds per TR: the cadence and the latency budget.")
+@click.option("--max-trs", type=int, help="Stop after this many TRs [default: until the source ends].")
+@click.option("--clean", type=click.Choice(["running", "none"]), default="running", show_default=True)
+@click.option("--clean-stats", type=click.Path(path_type=Path), help=".npz of per-voxel mean/std: fixed cleaning.")
+@click.option("--warmup", default=20, show_default=True, help="TRs whose clips are flagged warm-up.")
+@click.option("--highpass-trs", default=32.0, show_default=True, help="High-pass half-life in TRs (0 = off).")
+@click.option("--stats-halflife-trs", default=64.0, show_default=True, help="z-score half-life (0 = cumulative).")
+@click.option("--model-space", is_flag=True, help="Sources send transformed (V_model,) vectors.")
+@click.option("--idle-timeout", type=float, help="End the scan after this long without a TR [default: 10 TRs].")
+@click.option("--connect-timeout", default=60.0, show_default=True, help="Seconds to wait for a TCP peer.")
+@click.option("--fps", type=float, help="Frame rate of file sinks [default: frames / TR].")
+@click.option("--stats-json", type=click.Path(path_type=Path), help="Write the summary and per-TR latencies.")
+def stream(**opts: Any) -> None:
+    """Decode fMRI live: each TR from --source becomes a clip written to every --sink.
+
+    Sources: a folder watched for per-TR files (3-D .nii/.nii.gz, one-row .dtseries.nii, .npy, DICOM with
+    pydicom), a TCP socket on 127.0.0.1 or stdin; TCP/stdin frames are a 4-byte big-endian length then .npy bytes
+    or raw float32. TCP/stdout clips are a 4-byte length, a JSON header, then uint8 RGB frames. Raw TRs are cleaned
+    online (running high-pass + z-score) and projected with the checkpoint's data_transform/. When generation
+    falls behind, --policy drops the oldest windows, skips frames or lowers steps, and says so.
+
+    \b
+    Examples:
+      mindvideo stream --checkpoint CKPT --source folder:/rt/export --sink file:live.mp4 --steps 8 --frames 6
+      mindvideo stream --checkpoint CKPT --source tcp:127.0.0.1:5555 --sink tcp:5556 --policy lower-steps
+      producer | mindvideo stream --checkpoint CKPT --source stdin --sink stdout --max-trs 300 | consumer
+    """
+    from mindvideo.engine.sinks import open_sinks, parse_sink
+    from mindvideo.engine.sources import open_source, parse_source
+    from mindvideo.engine.stream import run_stream
+
+    source_spec = parse_source(opts["source"])  # 1. every option first: a bad one loads nothing
+    for spec in opts["sinks"]:
+        parse_sink(spec)
+    if opts["max_trs"] is not None and opts["max_trs"] < 1:
+        raise MindVideoError("expected --max-trs ≥ 1", str(opts["max_trs"]), "raise it")
+    pipe, gen = _pipeline(opts)  # 2. the model and the decoder
+    decoder = _decoder(pipe, gen, opts)
+    to_stderr = "stdout" in opts["sinks"]
+    fps = opts["fps"] or gen.num_frames / opts["tr"]
+    sinks = open_sinks(
+        list(opts["sinks"]),
+        fps=fps,
+        frames=gen.num_frames,
+        connect_timeout_s=opts["connect_timeout"],
+    )
+    source = None
+    try:  # 3. the source (binds its port), warm-up, then the scan
+        source = open_source(
+            source_spec,
+            max_trs=opts["max_trs"],
+            idle_timeout_s=opts["idle_timeout"] or 10 * opts["tr"],
+            connect_timeout_s=opts["connect_timeout"],
+        )
+        decoder.warm_up()
+        where = f"127.0.0.1:{source.port}" if getattr(source, "port", None) is not None else opts["source"]
+        ports = "".join(f"; clips to 127.0.0.1:{sink.port}" for sink in sinks if hasattr(sink, "port"))
+        click.echo(f"ready: reading TRs from {where}{ports}", err=True)
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        if source is not None:
+            source.close()
+        raise
+    start = time.monotonic()
+    summary = run_stream(decoder, source, sinks, model_space=opts["model_space"])
+    _write_stats(opts["stats_json"], summary, decoder.records())
+    _report(summary, list(opts["sinks"]), time.monotonic() - start, to_stderr)
+
+
+def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
+    """The pipeline and the checked GenerationConfig."""
+    import torch
+
+    from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
+
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    pipe = MindVideoPipeline.from_pretrained(opts["checkpoint"], dtype=opts["dtype"], device=opts["device"])
+    gen = GenerationConfig(
+        num_frames=opts["frames"],
+        height=opts["height"],
+        width=opts["width"],
+        num_inference_steps=opts["steps"],
+        guidance_scale=opts["guidance"],
+        scheduler=opts["scheduler"],
+        seed=opts["seed"],
+    )
+    pipe.check_generation(gen)
+    return pipe, gen

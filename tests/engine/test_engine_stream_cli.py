@@ -1,0 +1,260 @@
+"""``mindvideo stream`` end to end: folder, TCP and stdin sources into file, TCP and stdout sinks; no TR lost; bad
+sources, sinks, ports and files exit with code 2 and leave no output."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import time
+from pathlib import Path
+
+import av
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_engine_stream_support import CHEAP, CHEAP_ARGS, Worker, connect, free_port, pipeline, stream_assets
+
+from mindvideo.cli import main
+from mindvideo.engine.sinks import open_sinks, read_clips
+from mindvideo.engine.sources import encode_frame, read_dicom
+from mindvideo.engine.stream import calibration_stats
+
+TRS = 20
+
+
+@pytest.fixture(scope="module")
+def setup():
+    pipe = pipeline()
+    return pipe, pipe.transform, pipe.transform.load_run(stream_assets().nifti_run)
+
+
+def _invoke(*args: object, input: bytes | None = None):
+    base = ["stream", "--checkpoint", str(stream_assets().ckpt), *CHEAP_ARGS, "--threads", "1"]
+    return CliRunner().invoke(main, [*base, *map(str, args)], input=input)
+
+
+def _volume(transform, vector: np.ndarray) -> np.ndarray:
+    volume = np.zeros(transform.mask.array.shape, np.float32)
+    volume[transform.mask.array] = vector
+    return volume
+
+
+def _count_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------------------------------- sources
+
+
+def test_folder_source_to_mp4(setup, tmp_path):
+    """Per-TR NIfTI files written at a fast cadence (one in two chunks, as a scanner export would) → one mp4."""
+    _, transform, run = setup
+    watch, out, stats_json = tmp_path / "export", tmp_path / "live.mp4", tmp_path / "stats.json"
+    watch.mkdir()
+    (watch / "notes.txt").write_text("not a TR")
+
+    def scanner() -> None:
+        for t in range(TRS):
+            image = nib.Nifti1Image(_volume(transform, run[t]), transform.mask.affine)
+            if t == 5:  # partially written, then completed
+                data = image.to_bytes()
+                with open(watch / f"vol_{t}.nii", "wb") as handle:
+                    handle.write(data[:400])
+                    handle.flush()
+                    time.sleep(0.2)
+                    handle.write(data[400:])
+            else:
+                nib.save(image, watch / f"vol_{t}.nii{'.gz' if t % 2 else ''}")
+            time.sleep(0.03)
+
+    writer = Worker(scanner)
+    writer.start()
+    result = _invoke(
+        "--source", f"folder:{watch}", "--sink", f"file:{out}", "--max-trs", TRS, "--policy", "block",
+        "--tr", "0.03", "--idle-timeout", 10, "--stats-json", stats_json,
+    )  # fmt: skip
+    writer.join_checked()
+    assert result.exit_code == 0, result.output
+    summary = json.loads(stats_json.read_text())
+    assert summary["summary"]["processed"] == TRS and summary["summary"]["dropped"] == 0
+    assert [r["tr"] for r in summary["trs"]] == list(range(TRS))
+    assert _count_frames(out) == TRS * 2 and _leftovers(tmp_path) == []
+    assert "latency s" in result.stdout and "20 of 20 windows" in result.stdout
+
+
+def test_tcp_source_to_tcp_sink_equals_pipeline(setup, tmp_path):
+    """Raw vectors and .npy volumes over TCP, fixed cleaning stats → every clip equals pipe(window); a GIF too."""
+    pipe, transform, run = setup
+    source_port, sink_port = free_port(), free_port()
+    stats = calibration_stats(run)
+    np.savez(tmp_path / "calib.npz", mean=stats[0], std=stats[1])
+
+    def sender() -> None:
+        with connect(source_port) as sock:
+            for t in range(TRS):
+                sock.sendall(encode_frame(_volume(transform, run[t]), npy=True) if t % 2 else encode_frame(run[t]))
+                time.sleep(0.02)
+            sock.sendall(encode_frame(None))
+
+    def consumer() -> list:
+        with connect(sink_port) as sock, sock.makefile("rb") as stream:
+            return list(read_clips(stream))
+
+    threads = [Worker(sender), Worker(consumer)]
+    for thread in threads:
+        thread.start()
+    gif = tmp_path / "live.gif"
+    result = _invoke(
+        "--source", f"tcp:127.0.0.1:{source_port}", "--sink", f"tcp:{sink_port}", "--sink", f"file:{gif}",
+        "--clean-stats", tmp_path / "calib.npz", "--policy", "block", "--connect-timeout", 30,
+    )  # fmt: skip
+    threads[0].join_checked()
+    received = threads[1].join_checked()
+    assert result.exit_code == 0, result.output
+    *clips, (end, none) = received
+    assert none is None and end["summary"]["processed"] == TRS and end["summary"]["dropped"] == 0
+    windows = transform.windows(transform.project((run[:TRS] - stats[0]) / stats[1]))
+    assert [h["tr"] for h, _ in clips] == list(range(TRS))
+    for header, frames in clips:
+        assert header["frames"] == 2 and header["warm"] and not header["degraded"]
+        np.testing.assert_array_equal(frames, pipe(windows[header["tr"]][None], None, CHEAP, progress=False)[0])
+    assert gif.is_file() and len(_leftovers(tmp_path)) == 0
+
+
+def test_stdin_source_to_stdout_sink(setup):
+    _, _, run = setup
+    data = b"".join(encode_frame(run[t]) for t in range(12))  # no end frame: the end of stdin ends the scan
+    result = _invoke("--source", "stdin", "--sink", "stdout", "--policy", "block", input=data)
+    assert result.exit_code == 0, result.stderr
+    received = list(read_clips(io.BytesIO(result.stdout_bytes)))
+    assert [h["tr"] for h, _ in received[:-1]] == list(range(12)) and received[-1][0]["end"]
+    assert received[0][1].shape == (2, 32, 32, 3) and "latency s" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("source", "sink", "message"),
+    [
+        ("ftp:host", "stdout", "expected --source"),
+        ("tcp:10.1.2.3:5000", "stdout", "localhost"),
+        ("tcp:127.0.0.1:99999", "stdout", "port number"),
+        ("folder:/nonexistent/export", "stdout", "folder to watch"),
+        ("stdin", "file:out.avi", "ending in .mp4, .gif"),
+        ("stdin", "tcp:example.org:5", "localhost"),
+        ("stdin", "screen", "expected --sink"),
+    ],
+)
+def test_bad_specs_exit_2_before_loading(source, sink, message):
+    started = time.monotonic()
+    result = _invoke("--source", source, "--sink", sink)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert time.monotonic() - started < 5  # the model was never loaded
+
+
+def test_port_in_use_exits_2_and_writes_nothing(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = _invoke("--source", f"tcp:127.0.0.1:{port}", "--sink", f"file:{tmp_path / 'out.mp4'}")
+    assert result.exit_code == 2 and "to be free" in result.stderr, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["wrong-voxels", "corrupt", "dicom"])
+def test_bad_files_exit_2_and_write_nothing(setup, tmp_path, bad):
+    _, transform, run = setup
+    watch, out = tmp_path / "export", tmp_path / "out" / "live.mp4"
+    watch.mkdir()
+    for t in range(3):
+        nib.save(nib.Nifti1Image(_volume(transform, run[t]), transform.mask.affine), watch / f"vol_{t}.nii")
+    if bad == "wrong-voxels":
+        np.save(watch / "vol_3.npy", np.zeros(transform.n_raw + 1, np.float32))
+        message = f"expected one TR as a ({transform.n_raw},) raw vector"
+    elif bad == "corrupt":
+        (watch / "vol_3.nii.gz").write_bytes(b"\x1f\x8b not really gzip" * 10)
+        message = "does not parse after 2 s"
+    else:
+        try:
+            import pydicom  # noqa: F401
+
+            pytest.skip("pydicom is installed: the missing-reader path cannot be shown")
+        except ImportError:
+            pass
+        (watch / "vol_3.dcm").write_bytes(b"DICM")
+        message = "pydicom is not installed"
+    result = _invoke("--source", f"folder:{watch}", "--sink", f"file:{out}", "--max-trs", 6, "--policy", "block")
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_window_sink_is_skipped_without_a_display(monkeypatch, caplog):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="mindvideo.engine.sinks"):
+        assert open_sinks(["window"], fps=3.0) == []
+    assert "live window is skipped" in caplog.text
+
+
+def test_dicom_volumes_round_trip(tmp_path):
+    """A multi-frame DICOM and a Siemens-style mosaic read back as the (columns, rows, slices) volume."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    volume = np.random.default_rng(0).integers(0, 1000, (6, 5, 4)).astype(np.uint16)  # (X, Y, Z)
+
+    def write(path: Path, pixels: np.ndarray, mosaic: int | None) -> None:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        if pixels.ndim == 3:
+            ds.NumberOfFrames = pixels.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 2, -1
+        if mosaic:
+            ds.add_new((0x0019, 0x100A), "US", mosaic)
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+    frames = volume.transpose(2, 1, 0)  # (Z, rows=Y, columns=X)
+    write(tmp_path / "multi.dcm", frames, None)
+    mosaic = np.zeros((2 * 5, 2 * 6), np.uint16)  # 4 slices on a 2 × 2 grid of (5, 6) tiles
+    for i, tile in enumerate(frames):
+        r, c = divmod(i, 2)
+        mosaic[r * 5 : (r + 1) * 5, c * 6 : (c + 1) * 6] = tile
+    write(tmp_path / "mosaic.dcm", mosaic, 4)
+    for name in ("multi.dcm", "mosaic.dcm"):
+        np.testing.assert_array_equal(read_dicom(tmp_path / name), volume.astype(np.float32) * 2 - 1)
+
+
+def test_folder_source_keeps_scan_order(tmp_path, caplog):
+    """Files are taken in natural name order; one named before a file already taken is skipped with a warning."""
+    from mindvideo.engine.sources import FolderSource
+
+    for t in (2, 10):
+        np.save(tmp_path / f"vol_{t}.npy", np.full(3, t, np.float32))
+    source = iter(FolderSource(tmp_path, max_trs=3, idle_timeout_s=2.0, poll_s=0.01, corrupt_s=1.0))
+    assert [next(source).name for _ in range(2)] == ["vol_2.npy", "vol_10.npy"]  # not "vol_10" first
+    np.save(tmp_path / "vol_1.npy", np.zeros(3, np.float32))  # late: before vol_10
+    np.save(tmp_path / "vol_11.npy", np.full(3, 11, np.float32))
+    with caplog.at_level(logging.WARNING, logger="mindvideo.engine.sources"):
+        last = next(source)
+    assert last.name == "vol_11.npy" and last.payload[0] == 11 and "skipping vol_1.npy" in caplog.text
