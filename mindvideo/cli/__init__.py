@@ -47,12 +47,15 @@ def main(verbose: int) -> None:
 
 def _attach() -> None:
     from mindvideo.cli import core
+    from mindvideo.cli.bench import bench
     from mindvideo.cli.data import data
     from mindvideo.cli.eval import eval_command
     from mindvideo.cli.explain import explain
     from mindvideo.cli.export import export
+    from mindvideo.cli.stream import stream
+    from mindvideo.cli.train import train
 
-    for command in [*core.COMMANDS, data, eval_command, explain, export]:
+    for command in [*core.COMMANDS, bench, data, eval_command, explain, export, stream, train]:
         main.add_command(command)
 
 

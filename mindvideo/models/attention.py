@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from mindvideo import kernels
@@ -129,6 +130,7 @@ class VideoTransformer(nn.Module):
             [VideoTransformerBlock(channels, heads, context_dim, frame_offsets, temporal) for _ in range(layers)]
         )
         self.proj_out = proj(channels, channels)
+        self.gradient_checkpointing = False  # training: recompute block activations in the backward pass
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
         """``x``: (B·F, C, H, W) → same shape."""
@@ -140,7 +142,10 @@ class VideoTransformer(nn.Module):
         if self.linear_projection:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
-            h = block(h, context, frames)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, context, frames, use_reentrant=False)
+            else:
+                h = block(h, context, frames)
         if self.linear_projection:
             h = self.proj_out(h)
         h = h.reshape(bf, hh, ww, c).permute(0, 3, 1, 2)  # (B·F, C, H, W)

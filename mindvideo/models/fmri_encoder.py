@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from mindvideo.config import Config
@@ -193,6 +194,7 @@ class FMRIEncoder(nn.Module):
         )
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init_value)))
         self.decoder = MBMDecoder(cfg) if cfg.decoder_depth > 0 else None
+        self.gradient_checkpointing = False  # training: recompute block activations in the backward pass
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -211,12 +213,19 @@ class FMRIEncoder(nn.Module):
         b, w, v = fmri.shape
         return self.patch_embed(fmri.reshape(b * w, 1, v)) + self.pos_embed[:, 1:]
 
+    def run_blocks(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """The transformer blocks on tokens (B·W, n, D), with gradient checkpointing when it is switched on."""
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, window, use_reentrant=False)
+            else:
+                x = block(x, window)
+        return x
+
     def encode_tokens(self, fmri: torch.Tensor) -> torch.Tensor:
         """(B, W, V) → normalised tokens (B, W·n, D) before the projection head."""
         b, w, _ = fmri.shape
-        x = self.embed(fmri)
-        for block in self.blocks:
-            x = block(x, w)
+        x = self.run_blocks(self.embed(fmri), w)
         return self.norm(x).reshape(b, -1, x.shape[-1])  # (B, W·n, D)
 
     def forward(self, fmri: torch.Tensor) -> torch.Tensor:
@@ -238,8 +247,7 @@ class FMRIEncoder(nn.Module):
         keep_bw = keep.repeat_interleave(w, dim=0)  # (B·W, k)
         # 2. encode visible patches only
         x = self.embed(fmri).gather(1, keep_bw[..., None].expand(-1, -1, self.config.embed_dim))  # (B·W, k, D)
-        for block in self.blocks:
-            x = block(x, w)
+        x = self.run_blocks(x, w)
         # 3. decode every patch, score the masked ones
         pred = self.decoder(self.norm(x), keep_bw, n)  # (B·W, n, p)
         target = fmri[..., : n * p].reshape(b * w, n, p)  # voxels past the last whole patch are not embedded

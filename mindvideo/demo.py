@@ -1,0 +1,295 @@
+"""The built-in demo: reconstruct held-out simulated clips with the model that ships in the package.
+
+``mindvideo demo`` wraps :func:`run_demo`. The model in ``mindvideo/assets/demo/checkpoint`` was trained by the
+small-data recipe (``mindvideo train recipe demo``; command, seed and versions in ``recipe.json`` beside it) on
+simulated fMRI of procedural clips from 10 semantic classes. On the held-out test windows the demo
+
+1. reconstructs each clip from its fMRI window (DDIM, adversarial guidance with the mean training window);
+2. fits the baseline — ridge regression (scikit-learn) from the same training fMRI to 8×8 frames — and predicts
+   the same windows;
+3. scores both with the evaluation protocol (:mod:`mindvideo.eval`): n-way top-1 semantic accuracy at frame and
+   video level with the known clip classes as the true classes (chance 1/n) and a pixel classifier trained on the
+   training frames, plus SSIM and PSNR;
+4. writes side-by-side ground truth | reconstruction | ridge GIFs and an MP4 of all clips, ``metrics.json``,
+   ``pred.npy`` / ``gt.npy`` (for ``mindvideo eval``).
+
+:func:`export_assets` packages a recipe run as those assets (after :func:`mindvideo.train.recipe.calibrate` has
+fitted the classifier and chosen the guidance scale on the first test segment, which the demo never scores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindvideo.errors import MindVideoError
+from mindvideo.pipeline import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+N_WAYS = (2, 5, 10)
+BASELINE_SIZE = 8  # the ridge decoder predicts 8×8 frames, upsampled for scoring (a common pixel baseline)
+DISPLAY_SCALE = 4  # GIF/MP4 frames are enlarged (nearest neighbour) so 32-pixel clips are visible
+
+
+def default_assets() -> Path:
+    """``mindvideo/assets/demo`` of the installed package."""
+    return Path(str(resources.files("mindvideo") / "assets" / "demo"))
+
+
+def _require(assets: Path) -> dict[str, Any]:
+    needed = ["checkpoint", "test_set.npz", "baseline_train.npz", "classifier", "recipe.json"]
+    missing = [name for name in needed if not (assets / name).exists()]
+    if missing:
+        raise MindVideoError(
+            f"expected the demo assets ({', '.join(needed)}) in {assets}",
+            f"{missing} missing",
+            "reinstall mindvideo, or rebuild them: mindvideo train recipe demo --out runs/demo --export-assets DIR",
+        )
+    return json.loads((assets / "recipe.json").read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------- the demo
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    assets: str | Path | None = None,
+    clips: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 3407,
+    mp4: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Reconstruct the held-out clips, score them against the ridge baseline, write everything to ``out``.
+
+    ``steps`` / ``guidance`` default to the recipe's recorded demo settings; ``clips`` limits the test clips.
+    Returns the metrics written to ``out/metrics.json``."""
+    from mindvideo.checkpoint import atomic_folder
+
+    tic = time.perf_counter()
+    assets = Path(assets) if assets is not None else default_assets()
+    record = _require(assets)
+    settings = record.get("demo", {})
+    steps = steps or int(settings.get("steps", 25))
+    guidance = guidance if guidance is not None else float(settings.get("guidance", 3.0))
+    test = load_test_set(assets, clips)
+    # 1. reconstructions and the baseline
+    config = GenerationConfig(
+        num_frames=int(test["video"].shape[1]), num_inference_steps=steps, guidance_scale=guidance, seed=seed
+    )
+    recon = reconstruct(assets / "checkpoint", test["fmri"], config, progress=progress)
+    ridge = ridge_baseline(assets / "baseline_train.npz", test["fmri"], test["video"].shape[1:4])
+    # 2. scores
+    metrics = score(recon, ridge, test, assets / "classifier")
+    metrics["settings"] = {
+        "clips": len(recon),
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "scheduler": "ddim",
+        "negative": "mean training window",
+        "assets": str(assets),
+    }
+    # 3. files
+    with atomic_folder(out) as tmp:
+        write_outputs(tmp, test, recon, ridge, mp4=mp4)
+        metrics["seconds"] = round(time.perf_counter() - tic, 1)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def load_test_set(assets: Path, clips: int | None = None) -> dict[str, np.ndarray]:
+    """The held-out windows: ``fmri`` (N, W, V), ``video`` (N, F, H, W, 3), ``labels``, ``captions``, ``index``."""
+    test = dict(np.load(assets / "test_set.npz", allow_pickle=False))
+    if clips is None:
+        return test
+    if clips < 1:
+        raise MindVideoError("expected --clips ≥ 1", str(clips), "pass a positive number")
+    return {k: v[:clips] for k, v in test.items()}
+
+
+def reconstruct(checkpoint: Path, fmri: np.ndarray, config: GenerationConfig, progress: bool = True) -> np.ndarray:
+    """(N, W, V) windows → (N, F, H, W, 3) uint8 clips with the checkpoint's pipeline (negative: the fitted
+    transform's mean training window)."""
+    from mindvideo.data import FMRITransform
+    from mindvideo.pipeline import MindVideoPipeline
+
+    pipe = MindVideoPipeline.from_pretrained(checkpoint)
+    negative = FMRITransform.load(checkpoint / "data_transform").negative_fmri
+    return pipe(fmri, negative, config, progress=progress)
+
+
+def ridge_baseline(path: Path, fmri: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Ridge regression (alpha by leave-one-out CV) from flattened windows to 8×8 frames, trained on the demo's
+    training windows, predicted for ``fmri`` and upsampled (bilinear) to ``shape`` = (F, H, W)."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.linear_model import RidgeCV
+
+    train = np.load(path, allow_pickle=False)
+    x, y = train["fmri"].reshape(len(train["fmri"]), -1), train["frames"]  # y: (M, F, 8, 8, 3) uint8
+    model = RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(x, y.reshape(len(y), -1).astype(np.float32) / 255.0)
+    pred = model.predict(fmri.reshape(len(fmri), -1)).reshape(-1, *y.shape[2:])  # (N·F, 8, 8, 3)
+    up = F.interpolate(torch.from_numpy(pred).permute(0, 3, 1, 2).float(), size=shape[1:], mode="bilinear")
+    video = (up.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    log.info("ridge baseline: alpha %.3g", model.alpha_)
+    return video.reshape(len(fmri), *shape, 3)
+
+
+def score(recon: np.ndarray, ridge: np.ndarray, test: dict[str, np.ndarray], classifier: Path) -> dict[str, Any]:
+    """The evaluation protocol for both decoders; n-way with the known class of each clip (chance 1/n)."""
+    from mindvideo.eval import FrameAveragedVideoClassifier, PixelClassifier, evaluate
+
+    clf = PixelClassifier.load(classifier)
+    n_ways = tuple(n for n in N_WAYS if n <= clf.num_classes)
+    options = {
+        "frame_classifier": clf,
+        "video_classifier": FrameAveragedVideoClassifier(clf),
+        "labels": test["labels"].astype(np.int64),
+        "n_ways": n_ways,
+        "progress": False,
+    }
+    out: dict[str, Any] = {"n_ways": list(n_ways), "chance": {str(n): 1.0 / n for n in n_ways}}
+    for name, pred in (("reconstruction", recon), ("ridge", ridge), ("ground_truth", test["video"])):
+        m = evaluate(pred, test["video"], **options)
+        out[name] = {
+            "frame_nway": {k: v["mean"] for k, v in m["frame_nway"].items()},
+            "video_nway": {k: v["mean"] for k, v in m["video_nway"].items()},
+            "ssim_colour": m["ssim_colour"]["mean"],
+            "psnr": m["psnr"]["mean"],
+        }
+    return out
+
+
+def write_outputs(folder: Path, test: dict[str, np.ndarray], recon: np.ndarray, ridge: np.ndarray, mp4: bool) -> None:
+    """Per clip ``clips/clip_NNN.gif`` (ground truth | reconstruction | ridge), ``all_clips.gif`` / ``.mp4``
+    (every clip, one row each), ``pred.npy``, ``gt.npy``, ``ridge.npy``, ``labels.npy``."""
+    from mindvideo.media import write_video
+    from mindvideo.train.tracking import video_grid
+
+    fps = recon.shape[1] / 2.0  # the frames of one 2-s TR
+    (folder / "clips").mkdir()
+    for i, (gt, rec, rid) in enumerate(zip(test["video"], recon, ridge)):
+        write_video(folder / "clips" / f"clip_{i:03d}.gif", _enlarge(video_grid([[gt, rec, rid]])), fps=fps)
+    grid = _enlarge(video_grid([[gt, rec, rid] for gt, rec, rid in zip(test["video"], recon, ridge)]))
+    write_video(folder / "all_clips.gif", grid, fps=fps)
+    if mp4:
+        write_video(folder / "all_clips.mp4", grid, fps=fps)
+    np.save(folder / "pred.npy", recon)
+    np.save(folder / "gt.npy", test["video"])
+    np.save(folder / "ridge.npy", ridge)
+    np.save(folder / "labels.npy", test["labels"])
+
+
+def _enlarge(video: np.ndarray, factor: int = DISPLAY_SCALE) -> np.ndarray:
+    return video.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, reconstruction, ridge, chance) rows for the CLI table."""
+    rows = []
+    for level in ("video_nway", "frame_nway"):
+        for n in metrics["n_ways"]:
+            name = f"{level.split('_')[0]} {n}-way top-1"
+            values = [metrics[k][level][str(n)] for k in ("reconstruction", "ridge")]
+            rows.append((name, f"{values[0]:.3f}", f"{values[1]:.3f}", f"{metrics['chance'][str(n)]:.3f}"))
+    for key, label in (("ssim_colour", "SSIM (colour)"), ("psnr", "PSNR (dB)")):
+        rows.append((label, f"{metrics['reconstruction'][key]:.3f}", f"{metrics['ridge'][key]:.3f}", "–"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- packaging
+
+
+def export_assets(recipe_out: str | Path, dest: str | Path) -> Path:
+    """Package a finished recipe run as demo assets in ``dest`` (replaced): the checkpoint (weights stored in
+    float16), the test windows of every test segment but the validation one (clip, class, caption), the training
+    windows with 8×8 frames for the ridge baseline, the recipe's evaluation classifier and ``recipe.json`` (the
+    record plus a file manifest)."""
+    from mindvideo.checkpoint import atomic_folder
+    from mindvideo.train.data import load_split
+
+    root = Path(recipe_out)
+    record_path = root / "recipe.json"
+    if not record_path.is_file() or "calibration" not in json.loads(record_path.read_text(encoding="utf-8")):
+        raise MindVideoError(f"expected a finished recipe run at {root}", "no recipe.json", "run the recipe first")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    labels = json.loads((root / "sim" / "truth" / "labels.json").read_text(encoding="utf-8"))
+    train, test = load_split(root / "prepared", "train", video=True), load_split(root / "prepared", "test", video=True)
+    with atomic_folder(dest) as tmp:
+        shutil.copytree(root / "cotrain" / "model", tmp / "checkpoint")
+        _store_half(tmp / "checkpoint")
+        shutil.copytree(root / "classifier", tmp / "classifier")
+        _write_test_set(tmp / "test_set.npz", test, labels)
+        _write_baseline_set(tmp / "baseline_train.npz", train, labels)
+        record["demo"] = {
+            "frames": int(test.video.shape[1]),
+            "steps": int(record["recipe"]["sampling_steps"]),
+            "guidance": float(record["calibration"]["guidance"]),
+            "test_set": "every window of the test segments after the first (the first chose the guidance scale)",
+        }
+        record["model"] = {"recipe": "mindvideo train recipe demo", "checkpoint": "checkpoint/"}
+        record["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return Path(dest)
+
+
+def _store_half(checkpoint: Path) -> None:
+    """Network weights stored as float16 (half the download; the pipeline loads them into float32 networks)."""
+    from safetensors.torch import load_file, save_file
+
+    for name in ("fmri_encoder", "unet", "vae"):
+        for path in (checkpoint / name).glob("*.safetensors"):
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+            save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def clip_labels(split, labels: dict[str, list[int]]) -> np.ndarray:
+    """The simulated class of every window's stimulus TR ``(N,)``; ``labels``: ``truth/labels.json``."""
+    return np.asarray([labels[split.segments[s]][t] for s, t in split.index], dtype=np.int64)
+
+
+def validation_windows(split) -> np.ndarray:
+    """Indices of the windows of the first test segment: the recipe's validation data."""
+    return np.flatnonzero(split.index[:, 0] == split.index[0, 0])
+
+
+def _write_test_set(path: Path, test, labels: dict[str, list[int]]) -> None:
+    """Every window of the test segments after the first (held out from training and from calibration)."""
+    index = np.setdiff1d(np.arange(len(test)), validation_windows(test))
+    np.savez_compressed(
+        path,
+        fmri=np.asarray(test.fmri[index], np.float32),
+        video=np.asarray(test.video[index]),
+        labels=clip_labels(test, labels)[index],
+        captions=np.asarray([test.captions[i] for i in index] if test.captions else [""] * len(index)),
+        index=np.asarray(test.index[index]),
+    )
+
+
+def _write_baseline_set(path: Path, train, labels: dict[str, list[int]]) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    n, f, h, w, _ = train.video.shape
+    x = torch.from_numpy(np.array(train.video).reshape(n * f, h, w, 3)).permute(0, 3, 1, 2).float()
+    small = F.adaptive_avg_pool2d(x, BASELINE_SIZE).round().to(torch.uint8).permute(0, 2, 3, 1)
+    frames = small.reshape(n, f, BASELINE_SIZE, BASELINE_SIZE, 3).numpy()
+    np.savez_compressed(
+        path, fmri=np.asarray(train.fmri, np.float32), frames=frames, labels=clip_labels(train, labels)
+    )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

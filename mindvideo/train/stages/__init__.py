@@ -1,0 +1,34 @@
+"""The training stages, by CLI name: the small-data helpers (``vae``, ``clip``) and MinD-Video's progressive
+stages (``mbm`` → ``contrastive`` → ``unet-text`` → ``cotrain``)."""
+
+from __future__ import annotations
+
+from mindvideo.train.stages.base import Objective, Stage
+from mindvideo.train.stages.clip import ClipConfig, ClipStage
+from mindvideo.train.stages.contrastive import ContrastiveConfig, ContrastiveStage
+from mindvideo.train.stages.cotrain import CotrainConfig, CotrainStage
+from mindvideo.train.stages.mbm import MBMConfig, MBMStage
+from mindvideo.train.stages.unet_text import UNetTextConfig, UNetTextStage
+from mindvideo.train.stages.vae import VAEConfig, VAEStage
+
+STAGES: dict[str, type[Stage]] = {
+    stage.name: stage for stage in (VAEStage, ClipStage, MBMStage, ContrastiveStage, UNetTextStage, CotrainStage)
+}
+
+__all__ = [
+    "STAGES",
+    "ClipConfig",
+    "ClipStage",
+    "ContrastiveConfig",
+    "ContrastiveStage",
+    "CotrainConfig",
+    "CotrainStage",
+    "MBMConfig",
+    "MBMStage",
+    "Objective",
+    "Stage",
+    "UNetTextConfig",
+    "UNetTextStage",
+    "VAEConfig",
+    "VAEStage",
+]

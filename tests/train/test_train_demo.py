@@ -1,0 +1,39 @@
+"""``mindvideo demo`` with the built-in model (fast options) and the assets it needs."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from mindvideo.cli import main
+from mindvideo.demo import default_assets
+
+
+def test_built_in_assets_are_complete_and_small():
+    assets = default_assets()
+    record = json.loads((assets / "recipe.json").read_text())
+    for name in record["files"]:
+        assert (assets / name).is_file(), name
+    size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    assert size < 8 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert record["recipe"]["seed"] == 0 and record["versions"]["torch"]
+
+
+def test_demo_command_writes_clips_and_metrics(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--clips", "3", "--steps", "2", "--no-mp4"])
+    assert result.exit_code == 0, result.output
+    assert "video 2-way top-1" in result.output and "ridge" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["clips"] == 3
+    assert set(metrics) >= {"reconstruction", "ridge", "ground_truth", "chance", "n_ways"}
+    assert sorted(p.name for p in (out / "clips").iterdir()) == ["clip_000.gif", "clip_001.gif", "clip_002.gif"]
+    assert (out / "all_clips.gif").is_file() and (out / "pred.npy").is_file() and (out / "gt.npy").is_file()
+
+
+def test_demo_refuses_bad_options_without_writing(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--clips", "0"])
+    assert result.exit_code == 2 and "expected --clips ≥ 1" in result.output
+    assert not out.exists()
