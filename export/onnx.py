@@ -183,7 +183,8 @@ def export_onnx(
                 del module
             results.append(_result(name, entries[name], "reused" if name in reuse else "exported"))
         manifest = _manifest(info, settings, tools, entries, previous, reuse)
-        if _unchanged(previous, manifest):
+        # a network re-exported to identical bytes (e.g. repairing a damaged file) must still be written back
+        if not any(r.status == "exported" for r in results) and _unchanged(previous, manifest):
             say(f"nothing to do: {out} already holds this export")
             return ExportResult(out, previous, results, written=False)
         _commit(staging, out, manifest, info.scheduler_config, previous)
