@@ -128,10 +128,16 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def versions() -> dict[str, str]:
-    """Library versions recorded next to every output."""
-    import diffusers
+    """Library versions and the platform, recorded next to every output."""
+    from importlib import metadata
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__}
+    out = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__}
+    for package in ("numpy", "diffusers", "transformers", "tokenizers", "scikit-learn", "safetensors", "mindvideo"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- training state

@@ -27,6 +27,8 @@ from mindvideo.errors import MindVideoError
 S = TypeVar("S", bound="StageConfig")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# train.* keys that may change when a run is resumed or a recipe rerun: they do not change what is computed
+RUN_KEYS = ("steps", "log_every", "val_every", "save_every", "keep_checkpoints", "num_workers", "threads")
 STRATEGIES = ("ddp", "fsdp")
 
 

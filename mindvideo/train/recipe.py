@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ import numpy as np
 
 from mindvideo.config import Config
 from mindvideo.errors import MindVideoError
-from mindvideo.train.checkpointing import read_stage, versions
+from mindvideo.train.checkpointing import latest_checkpoint, read_stage, versions
+from mindvideo.train.config import RUN_KEYS
 from mindvideo.train.stages import STAGES
 from mindvideo.train.tracking import read_metrics
 
@@ -110,6 +112,10 @@ def run_recipe(
     record["data"]["seconds"] = round(time.perf_counter() - tic, 1)
     for name in RECIPE_STAGES:
         stage_out, status = root / name, (read_stage(root / name) or {}).get("status")
+        if status is not None and status != "finished" and latest_checkpoint(stage_out) is None:
+            log.warning("recipe: %s was interrupted before its first checkpoint; starting it again", name)
+            shutil.rmtree(stage_out)
+            status = None
         if status is not None:
             _check_same_config(stage_out, configs[name])
         if status != "finished":
@@ -205,11 +211,12 @@ def calibrate(root: Path, recipe: DemoRecipe) -> dict[str, Any]:
 
 
 def _check_same_config(out: Path, config) -> None:
-    """A stage output kept from an earlier run must come from the same config (steps and threads may differ)."""
+    """A stage output kept from an earlier run must come from the same config (up to logging, checkpoint frequency
+    and threads)."""
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     now = json.loads(json.dumps(config.to_dict()))
     for data in (saved, now):
-        data["train"] = {k: v for k, v in data["train"].items() if k not in ("steps", "threads")}
+        data["train"] = {k: v for k, v in data["train"].items() if k not in RUN_KEYS or k == "steps"}
     if saved != now:
         raise MindVideoError(
             f"expected the recipe's config for the stage output {out}",

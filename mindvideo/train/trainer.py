@@ -27,6 +27,7 @@ from mindvideo.checkpoint import atomic_folder
 from mindvideo.config import read_json
 from mindvideo.errors import MindVideoError
 from mindvideo.train import checkpointing as ckpt
+from mindvideo.train.config import RUN_KEYS
 from mindvideo.train.data import StepBatches, StepRandom, chunk_of
 from mindvideo.train.distributed import barrier, mean_across_ranks, unwrap, wrap
 from mindvideo.train.optim import EMA, build_optimizer, build_scheduler
@@ -266,7 +267,7 @@ def _check_same_config(out: Path, stage: Stage) -> None:
     """Resuming with a different config would silently mix two runs; only the step count may change."""
     saved = read_json(out / "config.json")
     now = stage.config.to_dict()
-    ignore = {"steps", "log_every", "val_every", "save_every", "keep_checkpoints", "num_workers"}
+    ignore = set(RUN_KEYS)
     diff = sorted(
         f"train.{k}"
         for k in now["train"]

@@ -16,7 +16,7 @@ def test_built_in_assets_are_complete_and_small():
     for name in record["files"]:
         assert (assets / name).is_file(), name
     size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
-    assert size < 8 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert size < 5 * 2**20, f"{size / 2**20:.1f} MiB"
     assert record["recipe"]["seed"] == 0 and record["versions"]["torch"]
 
 

@@ -96,6 +96,7 @@ class CotrainConfig(StageConfig):
             min_lr_ratio=0.1,
             threads=1,
             val_every=1000,
+            save_every=500,
         )
         validation = VideoValidation(4, 25, 12.5)
         return cls(

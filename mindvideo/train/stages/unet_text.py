@@ -104,6 +104,7 @@ class UNetTextConfig(StageConfig):
             min_lr_ratio=0.1,
             threads=1,
             val_every=1000,
+            save_every=500,
         )
         validation = VideoValidation(4, 25, 7.5)
         return cls(
