@@ -14,20 +14,26 @@ from mindvideo.errors import MindVideoError
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint with data_transform/.")
 @click.option("--data", type=click.Path(path_type=Path), help="A prepared dataset (mindvideo data prepare).")
 @click.option("--split", default="test", show_default=True, help="Which split of --data to explain.")
-@click.option("--fmri", "fmri_path", type=click.Path(path_type=Path), help="Or windows .npy (N, window, voxels).")
-@click.option("--template", type=click.Path(path_type=Path), help="A CIFTI run of the subject (for CIFTI-read data).")
+@click.option("--fmri", "fmri_path", type=click.Path(path_type=Path), help="Or windows .npy/.npz (N, window, voxels), e.g. the demo's test_set.npz.")
+@click.option(
+    "--template",
+    type=click.Path(path_type=Path),
+    help="A CIFTI run of the subject: only for transforms saved without their grayordinates (older versions).",
+)
 @click.option("--max-windows", default=256, show_default=True, help="Windows averaged (the first N).")
 @click.option("--truth", type=click.Path(path_type=Path), help="Simulated data only: truth/subjectN.npz to score.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 def explain(checkpoint, data, split, fmri_path, template, max_windows, truth, out):
     """Write per-block spatial and temporal attention of the fMRI encoder as brain maps.
 
-    NIfTI volumes (one volume per encoder block) where the voxels have a place in a volume, CIFTI dscalars on a
-    --template's grayordinates, and PNG slices of the first, middle and last blocks.
+    NIfTI volumes (one volume per encoder block) where the voxels have a place in a volume, CIFTI dscalars on the
+    grayordinates of CIFTI-read data, and PNG slices of the first, middle and last blocks.
 
     \b
     Example:
       mindvideo explain --checkpoint CKPT --data prepared/ --out explain/
+      mindvideo explain --checkpoint mindvideo/assets/demo/checkpoint \\
+          --fmri mindvideo/assets/demo/test_set.npz --out explain/
     """
     from mindvideo.checkpoint import atomic_folder, load_fmri_encoder
     from mindvideo.cli.core import print_table
@@ -58,4 +64,6 @@ def explain(checkpoint, data, split, fmri_path, template, max_windows, truth, ou
         for kind, values in maps.voxels.items():
             hit, chance = ex.top_overlap(values.mean(0), truth_raw)
             rows.append((f"{kind}: top-10% voxels responsive", f"{hit:.2f} (chance {chance:.2f})"))
+        if chance > 0.99:
+            rows.append(("note", "every voxel the transform kept responds: prepare with --select all to test this"))
     print_table(rows, title=f"mindvideo explain → {out}")

@@ -284,13 +284,11 @@ def _check_mask(mask: VoxelMask, img, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------- CIFTI-2
 
 
-def load_cifti(path: str | Path, select: str = "cortex", block: int = 256) -> FMRIRun:
-    """A CIFTI-2 dense time series (``.dtseries.nii``) as ``(T, G)`` float32 over the selected grayordinates."""
+def _cifti_axes(path: Path, what: str):
+    """The opened dense series and its (series, brain-model) axes; errors name the file."""
     import nibabel as nib
     from nibabel import cifti2
 
-    path = Path(path)
-    what = "a CIFTI-2 dense time series (.dtseries.nii)"
     _require_file(path, what)
     try:
         img = nib.load(str(path))
@@ -303,6 +301,14 @@ def load_cifti(path: str | Path, select: str = "cortex", block: int = 256) -> FM
             f"{type(img).__name__} without series × brain-model axes",
             "export the run as a dense time series (wb_command -cifti-create-dense-timeseries)",
         )
+    return img, axes
+
+
+def load_cifti(path: str | Path, select: str = "cortex", block: int = 256) -> FMRIRun:
+    """A CIFTI-2 dense time series (``.dtseries.nii``) as ``(T, G)`` float32 over the selected grayordinates."""
+    path = Path(path)
+    what = "a CIFTI-2 dense time series (.dtseries.nii)"
+    img, axes = _cifti_axes(path, what)
     if tuple(img.shape) != (axes[0].size, len(axes[1])):
         raise MindVideoError(
             f"expected {what} at {path} whose data matches its axes",
@@ -324,6 +330,88 @@ def load_cifti(path: str | Path, select: str = "cortex", block: int = 256) -> FM
         raise _unreadable(path, what, exc) from None
     tr = float(axes[0].step) * {"SECOND": 1.0}.get(str(axes[0].unit).upper(), float("nan"))
     return FMRIRun(out, tr, path)
+
+
+@dataclasses.dataclass
+class Grayordinates:
+    """Where the selected grayordinates of a CIFTI read live: per grayordinate its ``structure`` name, its surface
+    ``vertex`` (-1 for a volume voxel) and volume ``voxel`` index (i, j, k; -1 for a vertex), plus the volume's
+    ``affine`` and ``volume_shape`` and the surfaces' vertex counts. Saved with the fitted transform so that maps on
+    the model's voxels can be written back as CIFTI / NIfTI without the original runs."""
+
+    structure: np.ndarray  # (G,) str
+    vertex: np.ndarray  # (G,) int64
+    voxel: np.ndarray  # (G, 3) int64
+    affine: np.ndarray | None
+    volume_shape: tuple[int, int, int] | None
+    nvertices: dict[str, int]
+
+    @classmethod
+    def from_file(cls, path: str | Path, select: str = "cortex") -> Grayordinates:
+        """The grayordinates ``select`` picks in a CIFTI dense series (reads the header only)."""
+        path = Path(path)
+        _, axes = _cifti_axes(path, "a CIFTI-2 dense time series (.dtseries.nii)")
+        models = axes[1][cifti_columns(axes[1], select, path)]
+        return cls(
+            np.asarray(models.name).astype(str),
+            np.asarray(models.vertex, dtype=np.int64),
+            np.asarray(models.voxel, dtype=np.int64),
+            None if models.affine is None else np.asarray(models.affine, dtype=np.float64),
+            None if models.volume_shape is None else tuple(int(n) for n in models.volume_shape),
+            {str(k): int(v) for k, v in models.nvertices.items()},
+        )
+
+    def __len__(self) -> int:
+        return len(self.structure)
+
+    @property
+    def in_volume(self) -> np.ndarray:
+        """(G,) bool: grayordinates that are volume voxels."""
+        return self.vertex < 0
+
+    def axis(self):
+        """The nibabel ``BrainModelAxis`` of these grayordinates (for writing CIFTI files)."""
+        from nibabel.cifti2 import BrainModelAxis
+
+        return BrainModelAxis(
+            self.structure,
+            voxel=self.voxel,
+            vertex=self.vertex,
+            affine=self.affine,
+            volume_shape=self.volume_shape,
+            nvertices=self.nvertices,
+        )
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays (for safetensors) and JSON metadata; structure names are stored run-length encoded."""
+        starts = np.flatnonzero(np.r_[True, self.structure[1:] != self.structure[:-1]])
+        counts = np.diff(np.r_[starts, len(self.structure)])
+        arrays = {"gray_vertex": self.vertex, "gray_voxel": self.voxel}
+        if self.affine is not None:
+            arrays["gray_affine"] = self.affine
+        meta = {
+            "structures": [[str(self.structure[s]), int(c)] for s, c in zip(starts, counts)],
+            "volume_shape": None if self.volume_shape is None else list(self.volume_shape),
+            "nvertices": self.nvertices,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Grayordinates:
+        structure = (
+            np.concatenate([np.full(int(c), str(n)) for n, c in meta["structures"]])
+            if meta["structures"]
+            else np.zeros(0, str)
+        )
+        shape = meta.get("volume_shape")
+        return cls(
+            structure,
+            arrays["gray_vertex"].astype(np.int64),
+            arrays["gray_voxel"].astype(np.int64).reshape(-1, 3),
+            arrays.get("gray_affine"),
+            None if shape is None else tuple(int(n) for n in shape),
+            {str(k): int(v) for k, v in meta.get("nvertices", {}).items()},
+        )
 
 
 def cifti_columns(models, select: str, source: Path | None = None) -> np.ndarray:

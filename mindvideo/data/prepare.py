@@ -27,7 +27,7 @@ import numpy as np
 
 from mindvideo.config import Config
 from mindvideo.data import preprocess as pp
-from mindvideo.data.io import LoadConfig, VoxelMask, load_mask, progress_bar
+from mindvideo.data.io import CIFTI_SUFFIX, Grayordinates, LoadConfig, VoxelMask, load_mask, progress_bar, suffix_of
 from mindvideo.data.layouts import LAYOUTS, RunSource, Segment, hcp_runs, layout_segments, read_dataset_json
 from mindvideo.data.transform import FMRITransform
 from mindvideo.errors import MindVideoError
@@ -200,6 +200,7 @@ def _prepare_stimulus(src, tmp: Path, config, preprocess, loading, mask, progres
     z = [c.reliability for c in train if c.reliability is not None]
     reliability = np.stack(z) if z else None
     transform = FMRITransform.fit([c.fmri for c in train], reliability, bad, preprocess, loading, mask)
+    transform.grayordinates = cifti_grayordinates([r.path for s in segments for r in s.runs], loading)
     transform.save(tmp / "data_transform")
     _save_reproducibility(tmp, reliability, bad, transform)
     # 7–8. project, window and write both splits
@@ -295,6 +296,14 @@ def _reproducibility_stats(reliability: np.ndarray | None, transform: FMRITransf
     return stats
 
 
+def cifti_grayordinates(paths: list[Path | None], loading: LoadConfig) -> Grayordinates | None:
+    """The selected grayordinates of the first CIFTI run among ``paths`` (None when no run is CIFTI)."""
+    for path in paths:
+        if path is not None and suffix_of(path) == CIFTI_SUFFIX:
+            return Grayordinates.from_file(path, loading.cifti_select)
+    return None
+
+
 # --------------------------------------------------------------------------------------------------- hcp
 
 
@@ -319,6 +328,7 @@ def _prepare_hcp(src, tmp: Path, config, preprocess, loading, mask, progress) ->
             w = transform.windows(x, lag=0)
             window_sum, windows = window_sum + w.sum(0, dtype=np.float64), windows + len(w)
     transform.negative = (window_sum / windows).astype(np.float32)
+    transform.grayordinates = cifti_grayordinates(paths, loading)
     transform.save(tmp / "data_transform")
     (tmp / "train" / "runs.json").write_text(json.dumps(listing, indent=1) + "\n", encoding="utf-8")
     voxels = {"raw": int(bad.size), "bad": int(bad.sum()), "selected": len(keep), "model": transform.num_voxels}

@@ -12,7 +12,8 @@ so that inference on a new scan applies exactly the training transform::
 
 Online use (one TR at a time) calls :meth:`FMRITransform.project` on frames the caller has already cleaned.
 Folder format: ``config.json`` (loading + preprocessing configs, sizes, fit summary) and ``state.safetensors``
-(``keep`` int64, ``mean``/``std`` float32, ``negative`` float32, optional ``mask`` uint8 + ``mask_affine``).
+(``keep`` int64, ``mean``/``std`` float32, ``negative`` float32, optional ``mask`` uint8 + ``mask_affine``, and for
+CIFTI reads the selected grayordinates' ``gray_vertex`` / ``gray_voxel`` / ``gray_affine``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mindvideo.data import preprocess as pp
-from mindvideo.data.io import FMRIRun, LoadConfig, VoxelMask, load_run
+from mindvideo.data.io import FMRIRun, Grayordinates, LoadConfig, VoxelMask, load_run
 from mindvideo.errors import MindVideoError
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class FMRITransform:
     negative: np.ndarray  # (W, V_model) float32 mean training window
     mask: VoxelMask | None = None  # the NIfTI voxel mask the raw runs were read with
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grayordinates: Grayordinates | None = None  # where the raw voxels of CIFTI-read runs live (for brain maps)
 
     # ----------------------------------------------------------------------------------------------- sizes
 
@@ -160,6 +162,10 @@ class FMRITransform:
         }
         if self.mask is not None:
             state.update(mask=self.mask.array.astype(np.uint8), mask_affine=self.mask.affine.astype(np.float64))
+        gray = None
+        if self.grayordinates is not None:
+            arrays, gray = self.grayordinates.to_state()
+            state.update(arrays)
         config = {
             "format": FORMAT,
             "version": VERSION,
@@ -169,6 +175,7 @@ class FMRITransform:
             "loading": self.loading.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "info": self.info,
+            "grayordinates": gray,
         }
         with atomic_folder(folder) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -191,6 +198,8 @@ class FMRITransform:
         state = _read_state(folder / "state.safetensors")
         try:
             mask = VoxelMask(state["mask"].astype(bool), state["mask_affine"]) if "mask" in state else None
+            gray = config.get("grayordinates")
+            gray = None if gray is None else Grayordinates.from_state(state, gray)
             mean, std = state["mean"], state["std"]
             if config["scalar_norm"]:
                 mean, std = mean.reshape(()), std.reshape(())
@@ -204,6 +213,7 @@ class FMRITransform:
                 state["negative"],
                 mask,
                 config.get("info", {}),
+                gray,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MindVideoError(
@@ -221,6 +231,7 @@ class FMRITransform:
             and int(self.keep.max()) < self.n_raw
             and self.negative.shape == (self.window_size, self.num_voxels)
             and self.mean.size in (1, len(self.keep))
+            and (self.grayordinates is None or len(self.grayordinates) == self.n_raw)
         )
         if not ok:
             raise MindVideoError(

@@ -9,7 +9,7 @@ For each encoder block we reduce the attention probabilities to one number per p
 Token values are then projected back: patch ``i`` covers model voxels ``i·p … i·p+p-1``; a model voxel is a kept
 voxel (``j mod K``: the wrap-padding copies of the data transform), a kept voxel is a raw voxel
 (``transform.keep``), and a raw voxel is a place in the brain — a voxel of the NIfTI mask the runs were read with,
-or a grayordinate of a CIFTI template. The maps are written as files standard viewers open.
+or a CIFTI grayordinate (both saved with the transform). The maps are written as files standard viewers open.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mindvideo.data.io import Grayordinates
 from mindvideo.errors import MindVideoError
 
 log = logging.getLogger(__name__)
@@ -92,19 +93,14 @@ def explain(encoder, transform, windows: np.ndarray) -> AttentionMaps:
 # ------------------------------------------------------------------------------------------------------ writing
 
 
-def write_cifti(values: np.ndarray, template: Path, select: str, path: Path) -> Path:
-    """A dense-scalar CIFTI (``.dscalar.nii``, one map per encoder block) on the template's grayordinates."""
+def write_cifti(values: np.ndarray, grayordinates, path: Path) -> Path:
+    """A dense-scalar CIFTI (``.dscalar.nii``, one map per encoder block) on the transform's grayordinates."""
     import nibabel as nib
     from nibabel import cifti2
 
-    from mindvideo.data.io import cifti_columns
-
-    models = nib.load(str(template)).header.get_axis(1)
-    columns = cifti_columns(models, select, template)
-    data = np.zeros((len(values), len(models)), dtype=np.float32)
-    data[:, columns] = values
     names = cifti2.ScalarAxis([f"block {i}" for i in range(len(values))])
-    image = cifti2.Cifti2Image(data, cifti2.Cifti2Header.from_axes((names, models)))
+    header = cifti2.Cifti2Header.from_axes((names, grayordinates.axis()))
+    image = cifti2.Cifti2Image(np.asarray(values, dtype=np.float32), header)
     image.nifti_header.set_intent("ConnDenseScalar")
     nib.save(image, str(path))
     return path
@@ -149,51 +145,42 @@ def top_overlap(values: np.ndarray, truth: np.ndarray, fraction: float = 0.1) ->
 
 @dataclass
 class BrainSpace:
-    """Where raw voxel ``r`` lives: ``ijk[r]`` in a volume of ``shape`` (``None`` for surface-only CIFTI data)."""
+    """Where raw voxel ``r`` lives: ``ijk[r]`` in a volume of ``shape`` (``None`` for surface-only CIFTI data), and
+    the CIFTI grayordinates for ``.dscalar.nii`` output (``None`` for NIfTI-read data)."""
 
     ijk: np.ndarray | None
     shape: tuple[int, ...] | None
     affine: np.ndarray | None
-    template: Path | None  # CIFTI template for .dscalar.nii output
-    select: str = "cortex"
+    grayordinates: Grayordinates | None = None
 
 
-def brain_space(transform, template: Path | None) -> BrainSpace:
-    """The brain space of the transform's raw voxels: its NIfTI mask, or a CIFTI template (``--template``)."""
+def brain_space(transform, template: Path | None = None) -> BrainSpace:
+    """The brain space of the transform's raw voxels: its NIfTI mask, the CIFTI grayordinates saved with it, or
+    (for transforms saved before grayordinates were recorded) those of a CIFTI ``template`` run."""
     if transform.mask is not None:
         ijk = np.argwhere(transform.mask.array)  # C order, as the runs were read
-        return BrainSpace(ijk, transform.mask.array.shape, transform.mask.affine, None)
-    if template is None:
+        return BrainSpace(ijk, transform.mask.array.shape, transform.mask.affine)
+    gray = transform.grayordinates
+    if template is not None:
+        gray = Grayordinates.from_file(template, transform.loading.cifti_select)
+        if len(gray) != transform.n_raw:
+            raise MindVideoError(
+                f"expected {transform.n_raw} selected grayordinates in {template} (the transform's raw voxels)",
+                f"{len(gray)}",
+                "use a run of the same subject and CIFTI selection",
+            )
+    if gray is None:
         raise MindVideoError(
-            "expected --template (one of the subject's CIFTI runs) to place grayordinates in the brain",
-            "a data transform without a NIfTI mask",
-            "pass --template RUN.dtseries.nii",
+            "expected a data transform that records where its voxels are (a NIfTI mask or CIFTI grayordinates)",
+            "neither (voxels read from arrays, or a transform from an older version)",
+            "pass --template RUN.dtseries.nii for CIFTI data, or re-run `mindvideo data prepare` with --mask",
         )
-    import nibabel as nib
-
-    from mindvideo.data.io import cifti_columns
-
-    try:
-        models = nib.load(str(template)).header.get_axis(1)
-    except Exception as exc:
-        raise MindVideoError(
-            f"expected a CIFTI-2 file at {template}", f"{type(exc).__name__}", "check --template"
-        ) from None
-    columns = cifti_columns(models, transform.loading.cifti_select, template)
-    if len(columns) != transform.n_raw:
-        raise MindVideoError(
-            f"expected {transform.n_raw} selected grayordinates in {template} (the transform's raw voxels)",
-            f"{len(columns)}",
-            "use a run of the same subject and CIFTI selection",
-        )
-    volume = models.volume_shape is not None and (models.vertex[columns] < 0).all()
-    ijk = models.voxel[columns] if volume else None
+    volume = gray.volume_shape is not None and bool(gray.in_volume.all())
     return BrainSpace(
-        ijk,
-        models.volume_shape if volume else None,
-        models.affine if volume else None,
-        template,
-        transform.loading.cifti_select,
+        gray.voxel if volume else None,
+        gray.volume_shape if volume else None,
+        gray.affine if volume else None,
+        gray,
     )
 
 
@@ -203,8 +190,8 @@ def write_explanation(maps: AttentionMaps, space: BrainSpace, out: Path) -> list
 
     written = []
     for kind, values in maps.voxels.items():
-        if space.template is not None:
-            written.append(write_cifti(values, space.template, space.select, out / f"{kind}_attention.dscalar.nii"))
+        if space.grayordinates is not None:
+            written.append(write_cifti(values, space.grayordinates, out / f"{kind}_attention.dscalar.nii"))
         if space.ijk is None:
             continue
         volume = np.zeros((*space.shape, len(values)), dtype=np.float32)
