@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from mindvideo.errors import MindVideoError
 from mindvideo.sampling import SCHEDULERS
@@ -53,13 +54,45 @@ def parse_range(text: str) -> tuple[int, int | None]:
 )
 @click.option("--trs", default=":", show_default=True, help="With --scan: the window range START:END (TR indices).")
 @click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="A prepared dataset (mindvideo data prepare): reconstruct every window of --split instead of --fmri.",
+)
+@click.option("--split", default="test", show_default=True, help="With --data: the split to reconstruct.")
+@click.option("--max-clips", type=click.IntRange(min=1), help="With --data: only the first N windows.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Windows per pipeline call (0 = all at once, the reference's noise convention; each batch reuses --seed).",
+)
+@click.option(
+    "--eval",
+    "eval_out",
+    type=click.Path(path_type=Path),
+    help="With --data: score the clips against the split's video.npy and write a report folder (as mindvideo eval).",
+)
+@click.option("--classifier", type=click.Path(path_type=Path), help="With --eval: frame classifier folder.")
+@click.option("--video-classifier", type=click.Path(path_type=Path), help="With --eval: video classifier folder.")
+@click.option("--clip", "clip_model", type=click.Path(path_type=Path), help="With --eval: CLIPModel folder.")
+@click.option("--labels", type=click.Path(path_type=Path), help="With --eval: known class per clip (.npy/.txt).")
+@click.option(
     "--negative-fmri",
     type=click.Path(path_type=Path),
-    help="Negative window for adversarial guidance [default: mean of --fmri].",
+    help="Negative window for adversarial guidance [default: mean of --fmri; with --data the split's mean].",
 )
-@click.option("--frames", default=6, show_default=True, help="Frames per clip (6 = 3 FPS for a 2-s TR; 60 = 30 FPS).")
-@click.option("--height", type=int, help="Output height, a multiple of 8 [default: the UNet's native size].")
-@click.option("--width", type=int, help="Output width, a multiple of 8 [default: the UNet's native size].")
+@click.option(
+    "--frames",
+    type=int,
+    help="Frames per clip (6 = 3 FPS for a 2-s TR; 60 = 30 FPS) [default: 6; --eval: the split's].",
+)
+@click.option(
+    "--height", type=int, help="Output height, a multiple of 8 [default: the UNet's native size; --eval: the split's]."
+)
+@click.option(
+    "--width", type=int, help="Output width, a multiple of 8 [default: the UNet's native size; --eval: the split's]."
+)
 @click.option("--steps", default=50, show_default=True, help="Denoising steps.")
 @click.option("--guidance", default=12.5, show_default=True, help="Guidance scale g (1 = no guidance).")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True)
@@ -88,6 +121,15 @@ def generate(
     fmri_path,
     scan,
     trs,
+    data,
+    split,
+    max_clips,
+    batch_size,
+    eval_out,
+    classifier,
+    video_classifier,
+    clip_model,
+    labels,
     negative_fmri,
     frames,
     height,
@@ -110,16 +152,41 @@ def generate(
       mindvideo generate --checkpoint CKPT --fmri window.npy --frames 6 --steps 50 --out clip.mp4
       mindvideo generate --checkpoint CKPT --scan run1.dtseries.nii --trs 10:14 --out clips.gif
       mindvideo generate --backend onnxruntime --engine exported/ --fmri window.npy --out clip.mp4
+      mindvideo generate --checkpoint CKPT --data prepared/ --split test --batch-size 8 --out recon.npy \\
+          --eval report/ --classifier models/vit-base-patch16-224
     """
     from mindvideo.media import check_video_path, read_fmri_array, write_video, write_videos
     from mindvideo.pipeline import GenerationConfig, MindVideoPipeline, scan_windows
 
     out = check_video_path(out)
-    if (fmri_path is None) == (scan is None):
-        raise MindVideoError("expected exactly one of --fmri or --scan", "both or neither", "pass one input")
+    if sum(x is not None for x in (fmri_path, scan, data)) != 1:
+        raise MindVideoError("expected exactly one of --fmri, --scan or --data", "none or several", "pass one input")
+    if data is None and (eval_out is not None or max_clips is not None):
+        raise MindVideoError("expected --data with --eval / --max-clips", "no --data", "pass a prepared dataset")
+    extras = {
+        "--classifier": classifier,
+        "--video-classifier": video_classifier,
+        "--clip": clip_model,
+        "--labels": labels,
+    }
+    if eval_out is None and any(v is not None for v in extras.values()):
+        named = ", ".join(k for k, v in extras.items() if v is not None)
+        raise MindVideoError("expected --eval REPORT with the evaluation options", named, "add --eval report/")
     first, last = parse_range(trs)
     fmri = None if fmri_path is None else read_fmri_array(fmri_path)
+    gt = None
+    if data is not None:
+        fmri, gt, split_negative = prepared_split(data, split, max_clips, need_video=eval_out is not None)
+        negative_fmri = negative_fmri or split_negative
+        if gt is not None:
+            frames, height, width = frames or gt.shape[1], height or gt.shape[2], width or gt.shape[3]
     negative = None if negative_fmri is None else read_fmri_array(negative_fmri)
+    label_array = None
+    if eval_out is not None:
+        from mindvideo.eval.evaluate import check_model_folders, read_labels
+
+        check_model_folders({"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip_model})
+        label_array = None if labels is None else read_labels(labels, len(gt))
     if backend == "pytorch":
         if checkpoint is None:
             raise MindVideoError("expected --checkpoint for the pytorch backend", "none", "pass the checkpoint folder")
@@ -131,7 +198,7 @@ def generate(
     if scan is not None:
         fmri = scan_windows(model.transform, scan, first, last)
     cfg = GenerationConfig(
-        num_frames=frames,
+        num_frames=frames or 6,
         height=height,
         width=width,
         num_inference_steps=steps,
@@ -139,21 +206,70 @@ def generate(
         scheduler=scheduler,
         seed=seed,
     )
+    if gt is not None:
+        _check_matches_truth(cfg, gt)
     start = time.perf_counter()
+    output = "float" if out.suffix == ".npy" else "uint8"
+    video = _generate_batches(model, fmri, negative, cfg, batch_size, output)
+    seconds = time.perf_counter() - start
+    rows = [("clips", str(video.shape[0])), ("shape", str(tuple(video.shape))), ("seconds", f"{seconds:.2f}")]
+    metrics = None
+    if gt is not None:
+        from mindvideo.eval.evaluate import evaluate_videos
+
+        clips = video if output == "uint8" else np.round(video.transpose(0, 2, 3, 4, 1) * 255).astype(np.uint8)
+        metrics = evaluate_videos(
+            clips, gt, None, classifier=classifier, video_classifier=video_classifier, clip=clip_model,
+            device=device, labels=label_array, sources={"pred": f"mindvideo generate → {out}", "gt": str(data)},
+        )  # fmt: skip
     if out.suffix == ".npy":
-        video = model(fmri, negative, cfg, output="float")
         paths = [write_video(out, video)]
     else:
-        video = model(fmri, negative, cfg)
-        paths = write_videos(out, video, fps or frames / 2.0)
-    print_table(
-        [
-            ("clips", str(video.shape[0])),
-            ("shape", str(tuple(video.shape))),
-            ("seconds", f"{time.perf_counter() - start:.2f}"),
-            ("written", ", ".join(map(str, paths))),
-        ]
-    )
+        paths = write_videos(out, video, fps or cfg.num_frames / 2.0)
+    rows.append(("written", ", ".join(map(str, paths))))
+    if metrics is not None:
+        from mindvideo.eval.report import summary_rows, write_report
+
+        write_report(metrics, clips, gt, eval_out)
+        rows += [*summary_rows(metrics), ("report", str(eval_out))]
+    print_table(rows)
+
+
+def prepared_split(data: Path, split: str, max_clips: int | None, need_video: bool):
+    """(fmri windows, ground-truth video or None, the split's negative_fmri.npy) of a prepared dataset split."""
+    folder = Path(data) / split
+    if not (folder / "fmri.npy").is_file():
+        raise MindVideoError(
+            f"expected a prepared dataset split with {split}/fmri.npy", f"none in {data}", "check --data and --split"
+        )
+    fmri = np.load(folder / "fmri.npy", mmap_mode="r")[:max_clips]
+    video = None
+    if need_video:
+        if not (folder / "video.npy").is_file():
+            raise MindVideoError(
+                f"expected {split}/video.npy in {data} to evaluate against",
+                "no stimulus video in the prepared split",
+                "prepare the dataset with its videos (without --no-video), or drop --eval",
+            )
+        video = np.load(folder / "video.npy", mmap_mode="r")[:max_clips]
+    negative = folder / "negative_fmri.npy"
+    return np.array(fmri), None if video is None else np.array(video), negative if negative.is_file() else None
+
+
+def _check_matches_truth(cfg, gt: np.ndarray) -> None:
+    if (cfg.num_frames, cfg.height, cfg.width) != gt.shape[1:4]:
+        raise MindVideoError(
+            f"expected clips shaped like the ground truth (frames, height, width) = {gt.shape[1:4]} to evaluate",
+            f"{(cfg.num_frames, cfg.height, cfg.width)} from --frames/--height/--width",
+            "leave --frames/--height/--width unset with --eval, or prepare the data at the model's size",
+        )
+
+
+def _generate_batches(model, fmri: np.ndarray, negative, cfg, batch_size: int, output: str) -> np.ndarray:
+    """Every window in batches of ``batch_size`` (0 = one call); each call draws its noise from ``cfg.seed``."""
+    size = batch_size or len(fmri)
+    parts = [model(fmri[i : i + size], negative, cfg, output=output) for i in range(0, max(len(fmri), 1), size)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @click.command()

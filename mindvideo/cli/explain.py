@@ -14,7 +14,12 @@ from mindvideo.errors import MindVideoError
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint with data_transform/.")
 @click.option("--data", type=click.Path(path_type=Path), help="A prepared dataset (mindvideo data prepare).")
 @click.option("--split", default="test", show_default=True, help="Which split of --data to explain.")
-@click.option("--fmri", "fmri_path", type=click.Path(path_type=Path), help="Or windows .npy/.npz (N, window, voxels), e.g. the demo's test_set.npz.")
+@click.option(
+    "--fmri",
+    "fmri_path",
+    type=click.Path(path_type=Path),
+    help="Or windows .npy/.npz (N, window, voxels), e.g. the demo's test_set.npz.",
+)
 @click.option(
     "--template",
     type=click.Path(path_type=Path),

@@ -205,9 +205,11 @@ MODEL_OPTIONS = {  # evaluate() keyword → (what, CLI option)
     "video_classifier": ("video classifier", "--video-classifier"),
     "clip": ("CLIP model", "--clip"),
 }
+MODEL_PATHS = {"frame_classifier": "classifier", "video_classifier": "video_classifier", "clip": "clip"}  # → option
 
 
-def _check_model_folders(paths: dict[str, str | Path | None]) -> None:
+def check_model_folders(paths: dict[str, str | Path | None]) -> None:
+    """Raise a clear error for any model folder (keyed like :data:`MODEL_OPTIONS`) that is missing or unreadable."""
     for key, path in paths.items():
         if path is not None:
             model_config(path, *MODEL_OPTIONS[key])
@@ -226,7 +228,7 @@ def load_models(
     or pixel classifier), ``video_classifier`` (VideoMAE for ``num_frames``, or a frame classifier averaged over
     frames), ``clip`` (CLIP image embedder). Every folder is checked before any is loaded, so a typo fails fast."""
     paths = {"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip}
-    _check_model_folders(paths)
+    check_model_folders(paths)
     loaders = {
         "frame_classifier": lambda p: load_frame_classifier(p, device=device, progress=progress),
         "video_classifier": lambda p: load_video_classifier(
@@ -242,55 +244,62 @@ def evaluate_paths(
     gt: str | Path,
     out: str | Path | None = None,
     *,
+    labels: str | Path | None = None,
+    scenes: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``mindvideo eval`` as a function: read clips (``.npy`` or folders, see :mod:`mindvideo.eval.videos`),
+    ``labels`` (``.npy`` ``(N,)`` int or text) and ``scenes`` (scene ids), then :func:`evaluate_videos` (``options``
+    are its keyword arguments). Every input is checked before the long work starts."""
+    check_model_folders({key: options.get(name) for key, name in MODEL_PATHS.items()})
+    pred_videos, gt_videos, names = load_pair(pred, gt)
+    check_videos(pred_videos, gt_videos)
+    known = None if labels is None else read_labels(labels, len(gt_videos))
+    scene_ids = None if scenes is None else load_scene_ids(scenes, len(gt_videos))
+    sources = {"pred": str(pred), "gt": str(gt), "labels": _str(labels), "scenes": _str(scenes)}
+    return evaluate_videos(
+        pred_videos, gt_videos, out, names=names, labels=known, scene_ids=scene_ids, sources=sources, **options
+    )
+
+
+def evaluate_videos(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    out: str | Path | None = None,
+    *,
     classifier: str | Path | None = None,
     video_classifier: str | Path | None = None,
     clip: str | Path | None = None,
-    labels: str | Path | None = None,
-    scenes: str | Path | None = None,
     device: str = "cpu",
     report_options: dict[str, Any] | None = None,
+    sources: dict[str, str | None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """``mindvideo eval`` as a function: read clips (``.npy`` or folders, see :mod:`mindvideo.eval.videos`), model
-    folders, ``labels`` (``.npy`` ``(N,)`` int) and ``scenes`` (scene ids), run :func:`evaluate` (``options`` are its
-    keyword arguments) and, if ``out`` is given, :func:`~mindvideo.eval.report.write_report` with ``report_options``.
-    Every input is checked before the long work starts."""
-    _check_model_folders({"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip})
+    """Clips already in memory (``(N, F, H, W, 3)`` uint8 each) with models from local folders: :func:`evaluate`
+    (``options`` are its keyword arguments) and, if ``out`` is given,
+    :func:`~mindvideo.eval.report.write_report` with ``report_options``. ``sources`` names where the clips came
+    from (recorded in ``settings``)."""
+    check_model_folders({"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip})
     if (report_options or {}).get("rank_by") == "clip_similarity" and clip is None:
         raise MindVideoError("expected a CLIP model to rank clips by CLIP similarity", "no --clip", "pass --clip")
-    pred_videos, gt_videos, names = load_pair(pred, gt)
-    check_videos(pred_videos, gt_videos)
-    known = None if labels is None else _read_labels(labels, len(gt_videos))
-    scene_ids = None if scenes is None else load_scene_ids(scenes, len(gt_videos))
+    check_videos(pred, gt)
     models = load_models(
         classifier=classifier,
         video_classifier=video_classifier,
         clip=clip,
-        num_frames=gt_videos.shape[1],
+        num_frames=gt.shape[1],
         device=device,
         progress=options.get("progress", True),
     )
     provenance = {
-        "pred": str(pred),
-        "gt": str(gt),
+        **(sources or {}),
         "classifier": _str(classifier),
         "video_classifier": _str(video_classifier),
         "clip": _str(clip),
-        "labels": _str(labels),
-        "scenes": _str(scenes),
     }
-    metrics = evaluate(
-        pred_videos,
-        gt_videos,
-        **models,
-        labels=known,
-        scene_ids=scene_ids,
-        names=names,
-        provenance=provenance,
-        **options,
-    )
+    metrics = evaluate(pred, gt, **models, provenance=provenance, **options)
     if out is not None:
-        write_report(metrics, pred_videos, gt_videos, out, **(report_options or {}))
+        write_report(metrics, pred, gt, out, **(report_options or {}))
     return metrics
 
 
@@ -298,7 +307,7 @@ def _str(path: str | Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _read_labels(path: str | Path, n_clips: int) -> np.ndarray:
+def read_labels(path: str | Path, n_clips: int) -> np.ndarray:
     """Known classes ``(N,)`` from a ``.npy`` file or a text file with one integer per line."""
     try:
         if str(path).endswith(".npy"):
