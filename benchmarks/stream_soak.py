@@ -13,11 +13,12 @@ shorter than that is absorbed, a longer lag lowers the steps (counted as degrade
 drops a window (counted as lost). Meanwhile the decoder process's resident memory (VmRSS, /proc) is sampled every
 0.5 s.
 
-Checks (exit code 1 if one fails): **no TR lost** — the CLI exits 0, every window is decoded (clips = TRs,
-0 dropped), its per-TR records are TRs 0…N-1, the mp4 holds N × frames frames; **no memory growth** — RSS at the
-end minus RSS once ``--warm-trs`` TRs were produced ≤ ``--rss-bound-mib``. Reports the decoder latency (TR arrival
-→ frames written), the end-to-end latency (TR written/sent by the producer → frames written; CLOCK_MONOTONIC is
-shared by both processes) and RSS over time; writes ``benchmarks/results/stream_soak-<host>.json`` (device,
+Checks (exit code 1 if one fails): **no TR lost** — the CLI exits 0, every window is decoded (N TRs give N - lag
+clips, the windows offline preprocessing makes; 0 dropped), its per-TR records are TRs 0…N-lag-1, the mp4 holds
+(N - lag) × frames frames; **no memory growth** — RSS at the end minus RSS once ``--warm-trs`` TRs were produced
+≤ ``--rss-bound-mib``. Reports the decoder latency (arrival of the TR that completes a window → frames written),
+the end-to-end latency (that TR written/sent by the producer → frames written; CLOCK_MONOTONIC is shared by both
+processes) and RSS over time; writes ``benchmarks/results/stream_soak-<host>.json`` (device,
 commit, command, date).
 
 The model: the built-in demo model (``mindvideo/assets/demo/checkpoint``, if present with its ``data_transform/``),
@@ -92,7 +93,8 @@ class Scan:
     vectors: np.ndarray
     volumes: np.ndarray | None  # (X, Y, Z, T) float32 (NIfTI-mask transforms)
     affine: np.ndarray | None
-    grayordinates: Any  # CIFTI brain-model axis (CIFTI transforms)
+    grayordinates: Any  # the run's whole CIFTI brain-model axis (CIFTI transforms)
+    rows: np.ndarray | None  # (T, G) every grayordinate of the run (CIFTI transforms)
 
     def write_tr(self, folder: Path, t: int) -> None:
         """TR ``t`` as a per-TR file, written in place like a scanner export."""
@@ -104,63 +106,39 @@ class Scan:
             return
         series = cifti2.SeriesAxis(start=0.0, step=2.0, size=1, unit="second")
         header = cifti2.Cifti2Header.from_axes((series, self.grayordinates))
-        nib.save(cifti2.Cifti2Image(self.vectors[t : t + 1], header), folder / f"vol_{t:05d}.dtseries.nii")
+        nib.save(cifti2.Cifti2Image(self.rows[t : t + 1], header), folder / f"vol_{t:05d}.dtseries.nii")
 
 
-def candidate_grids(ckpt: Path) -> list[tuple[int, ...]]:
-    """Voxel grids to try for a CIFTI transform: any ``grid`` recorded beside the checkpoint, then the presets."""
-    grids: list[tuple[int, ...]] = []
-    for path in (ckpt.parent / "recipe.json", ckpt / "recipe.json"):
-        if path.is_file():
-            text = json.loads(path.read_text())
-            stack = [text]
-            while stack:
-                item = stack.pop()
-                if isinstance(item, dict):
-                    grids += [tuple(v) for k, v in item.items() if k == "grid" and isinstance(v, list)]
-                    stack += list(item.values())
-                elif isinstance(item, list):
-                    stack += item
-    return [*grids, SimConfig.tiny().grid, SimConfig().grid]
-
-
-def make_scan(work: Path, ckpt: Path, transform: FMRITransform, trs: int, seed: int) -> Scan:
-    """Simulate ``trs`` TRs on the transform's voxel grid and read them exactly as the transform reads runs."""
+def make_scan(work: Path, transform: FMRITransform, trs: int, seed: int) -> Scan:
+    """Simulate ``trs`` TRs on the transform's voxel grid (its NIfTI mask's, or the volume of its CIFTI
+    grayordinates) and read them exactly as the transform reads runs."""
     import nibabel as nib
 
-    fmt = "nifti" if transform.mask is not None else "cifti"
-    grids = [transform.mask.array.shape] if transform.mask is not None else candidate_grids(ckpt)
-    for grid in dict.fromkeys(grids):
-        cfg = SimConfig.tiny(
-            grid=tuple(grid),
-            seed=seed,
-            train_segments=1,
-            test_segments=0,
-            segment_trs=trs,
-            train_repeats=1,
-            extra_trs=0,
-            formats=(fmt,),
-        )
-        folder = work / f"scan-{'x'.join(map(str, grid))}"
-        simulate(folder, cfg.replace(segment_trs=4) if fmt == "cifti" and trs > 4 else cfg)
-        run = (
-            folder
-            / "subject1"
-            / "fmri"
-            / "seg1"
-            / fmt
-            / ("seg1_1.nii.gz" if fmt == "nifti" else "seg1_1_Atlas.dtseries.nii")
-        )
-        if fmt == "cifti" and transform.load_run(run).shape[1] != transform.n_raw:
-            continue
-        if fmt == "cifti" and trs > 4:
-            simulate(folder, cfg)  # the grid fits: now the whole scan
-        vectors = transform.load_run(run)
-        image = nib.load(str(run))
-        if fmt == "nifti":
-            return Scan(vectors, np.asarray(image.dataobj, np.float32), np.asarray(image.affine), None)
-        return Scan(vectors, None, None, image.header.get_axis(1))
-    raise SystemExit(f"no simulated grid gives the checkpoint's {transform.n_raw} raw voxels; use --model tiny")
+    gray = transform.grayordinates
+    if transform.mask is not None:
+        fmt, grid = "nifti", transform.mask.array.shape
+    elif gray is not None and gray.volume_shape is not None:
+        fmt, grid = "cifti", gray.volume_shape
+    else:
+        raise SystemExit("the checkpoint's transform records no voxel grid (mask or CIFTI volume); use --model tiny")
+    cfg = SimConfig.tiny(
+        grid=tuple(grid),
+        seed=seed,
+        train_segments=1,
+        test_segments=0,
+        segment_trs=trs,
+        train_repeats=1,
+        extra_trs=0,
+        formats=(fmt,),
+    )
+    simulate(work / "scan", cfg)
+    name = "seg1_1.nii.gz" if fmt == "nifti" else "seg1_1_Atlas.dtseries.nii"
+    run = work / "scan" / "subject1" / "fmri" / "seg1" / fmt / name
+    vectors = transform.load_run(run)  # raises unless the simulated run has the transform's raw voxels
+    image = nib.load(str(run))
+    if fmt == "nifti":
+        return Scan(vectors, np.asarray(image.dataobj, np.float32), np.asarray(image.affine), None, None)
+    return Scan(vectors, None, None, image.header.get_axis(1), np.asarray(image.dataobj, np.float32))
 
 
 def calibrate(ckpt: Path, gen: dict[str, Any], calls: int = 10) -> dict[str, float]:
@@ -340,23 +318,26 @@ def measure(kind, rc, stats_json, out, sent, samples, args, wall, cmd) -> dict[s
     trs = len(sent)
     report = json.loads(stats_json.read_text()) if stats_json.is_file() else {"summary": {}, "trs": []}
     summary, records = report["summary"], report["trs"]
-    window = summary.get("window_size", 2)
-    e2e = [r["done"] - sent[min(r["tr"] + window - 1, trs - 1)] for r in records]
+    window, lag = summary.get("window_size", 2), summary.get("lag", 0)
+    clips = trs - lag  # window t needs frames t+lag … t+lag+W-1 (clamped at the end): T - lag clips, as offline
+    e2e = [r["done"] - sent[min(r["tr"] + lag + window - 1, trs - 1)] for r in records]
     frames = count_frames(out)
     rss = rss_report(samples, args.warm_trs)
     checks = {
         "cli_exit_0": rc == 0,
-        "all_trs_decoded": summary.get("processed") == trs == summary.get("windows"),
+        "all_trs_decoded": summary.get("processed") == clips == summary.get("windows"),
         "none_dropped": summary.get("dropped") == 0,
-        "records_are_trs_0_to_n": [r["tr"] for r in records] == list(range(trs)),
-        "video_has_every_frame": frames == trs * args.frames,
+        "records_are_trs_0_to_n": [r["tr"] for r in records] == list(range(clips)),
+        "video_has_every_frame": frames == clips * args.frames,
         "rss_growth_within_bound": rss.get("growth_after_warmup_mib", 1e9) <= args.rss_bound_mib,
     }
     return {
         "source": kind,
         "trs": trs,
+        "lag_trs": lag,
+        "expected_clips": clips,
         "clips": summary.get("processed"),
-        "lost": trs - (summary.get("processed") or 0),
+        "lost": clips - (summary.get("processed") or 0),
         "dropped": summary.get("dropped"),
         "degraded": summary.get("degraded"),
         "policy_actions": summary.get("policy_actions"),
@@ -431,7 +412,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def print_result(r: dict[str, Any]) -> None:
     lat, e2e, rss = r["latency_decoder_s"], r["latency_end_to_end_s"], r["rss"]
     print(
-        f"{r['source']:>6}: {r['clips']}/{r['trs']} clips, lost {r['lost']}, dropped {r['dropped']}, "
+        f"{r['source']:>6}: {r['clips']}/{r['expected_clips']} clips from {r['trs']} TRs (lag {r['lag_trs']}), "
+        f"lost {r['lost']}, dropped {r['dropped']}, "
         f"degraded {r['degraded']}, {r['video_frames']} video frames, {r['wall_s']} s"
     )
     print(f"        latency decoder  p50 {lat['p50']} s  p95 {lat['p95']} s  max {lat['max']} s")
@@ -450,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ckpt, model = model_checkpoint(work, args.model)
         transform = FMRITransform.load(ckpt / "data_transform")
-        scan = make_scan(work, ckpt, transform, args.trs, seed=11)
+        scan = make_scan(work, transform, args.trs, seed=11)
         gen = {"num_frames": args.frames, "num_inference_steps": args.steps, "guidance_scale": args.guidance}
         gen.update(height=args.size, width=args.size)
         timing = calibrate(ckpt, gen)

@@ -161,6 +161,7 @@ class StreamingDecoder:
         self.max_queue = max_queue or DEFAULT_MAX_QUEUE[policy]
         mean, std = clean_stats if clean_stats is not None else (None, None)
         self.cleaner = None if transform is None else OnlineCleaner(transform.n_raw, clean, mean, std)
+        self.lag = lag
         self._windows = WindowBuffer(self.window_size, lag)
         self._control = Controller(policy, frames, steps, (min_frames, min_steps), recover_after)
         self._stats = StreamStats(policy)
@@ -355,7 +356,13 @@ class StreamingDecoder:
         """:meth:`StreamStats.summary` plus the policy settings."""
         with self._cond:
             summary = self._stats.summary()
-        return {**summary, "max_queue": self.max_queue, "window_size": self.window_size, "tr_s": self.tr}
+        return {
+            **summary,
+            "max_queue": self.max_queue,
+            "window_size": self.window_size,
+            "lag": self.lag,
+            "tr_s": self.tr,
+        }
 
     def records(self) -> list[dict[str, Any]]:
         """Per-TR records, oldest first (the latest :data:`~mindvideo.engine.stream_policy.HISTORY`): tr,
