@@ -7,9 +7,11 @@ Every backend exposes
 * ``decode(latents (M, 4, h, w)) -> images (M, 3, H, W)`` float32 in [0, 1] — the VAE decoder per frame,
 
 with numpy float32 in and out of ``denoise`` and ``decode``, so the C sampling loop
-(:func:`~mindvideo.engine.run_loop`) drives any of them. The networks are the exported ones
-(:mod:`mindvideo.export.modules`): the PyTorch backend calls the same modules the ONNX graphs were traced from, so
-every backend computes one function.
+(:func:`~mindvideo.engine.run_loop`) drives any of them. The backends whose UNet lives on a torch device (PyTorch,
+TensorRT) also have ``device_unet(sample, timestep, cond)`` on device tensors of ``unet_dtype``: the device loop
+(:class:`~mindvideo.engine.GraphedLoop`, captured into one CUDA graph on a GPU) calls it instead of ``denoise``.
+The networks are the exported ones (:mod:`mindvideo.export.modules`): the PyTorch backend calls the same modules
+the ONNX graphs were traced from, so every backend computes one function.
 
 * :class:`TorchBackend` — eager PyTorch, or ``torch.compile``-d (``compile=True``).
 * :class:`OnnxRuntimeBackend` — the export folder's graphs under onnxruntime (CPU EP; CUDA EP with onnxruntime-gpu).
@@ -87,6 +89,14 @@ class TorchBackend:
         timestep = torch.full((x.shape[0],), float(t), device=self.device)
         eps = self.unet(sample, timestep, cond)
         return eps.float().contiguous().cpu().numpy()
+
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    def device_unet(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet on device tensors (what :class:`~mindvideo.engine.GraphedLoop` steps and captures)."""
+        return self.unet(sample, timestep, cond)
 
     @torch.inference_mode()
     def decode(self, latents: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ class GraphedLoop:
         self.x_in = torch.zeros((rows, *shape[1:]), dtype=dtype, device=self.device)
         self.cond = torch.zeros(cond_shape, dtype=dtype, device=self.device)
         self.state = torch.zeros_like(self.x) if plan.stateful else None
-        t = torch.as_tensor(plan.timesteps, dtype=torch.float32)
+        t = torch.tensor(plan.timesteps, dtype=torch.float32)  # a copy: plan arrays are read-only
         self.timesteps = t[:, None].expand(-1, rows).contiguous().to(self.device)  # (S, rows): one buffer per step
         self.params = None
         if self.device.type == "cuda":

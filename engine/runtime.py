@@ -39,10 +39,32 @@ class StageTimes:
         return self.encode + self.loop + self.decode
 
 
-class Runtime:
-    """``runtime(fmri (B, W, V), negative, GenerationConfig) -> (B, F, H, W, 3) uint8`` on ``backend``."""
+LOOPS = ("auto", "c", "device", "graph")
 
-    def __init__(self, backend, scheduler_config: dict | None = None, transform=None):
+
+class Runtime:
+    """``runtime(fmri (B, W, V), negative, GenerationConfig) -> (B, F, H, W, 3) uint8`` on ``backend``.
+
+    ``loop`` picks the sampling loop: ``"c"`` — the C loop over host buffers, one ``backend.denoise`` per step (any
+    backend); ``"device"`` — the per-step Python loop over device buffers with the fused update
+    (:meth:`GraphedLoop.run_eager`, backends with ``device_unet``); ``"graph"`` — the same steps captured once per
+    configuration into a CUDA graph and replayed with one launch per clip (CUDA only); ``"auto"`` — ``graph`` when the
+    backend's UNet is on a CUDA device and the sampler is deterministic, else ``c``.
+    """
+
+    def __init__(self, backend, scheduler_config: dict | None = None, transform=None, loop: str = "auto"):
+        if loop not in LOOPS:
+            raise MindVideoError(f"expected a loop among {LOOPS}", repr(loop), "pick one")
+        device = getattr(backend, "device", None)
+        on_cuda = getattr(device, "type", None) == "cuda"
+        if loop in ("device", "graph") and not hasattr(backend, "device_unet"):
+            raise MindVideoError(
+                f"expected a backend with a device UNet for --loop {loop}", backend.name, "use --loop c"
+            )
+        if loop == "graph" and not on_cuda:
+            raise MindVideoError("expected a CUDA device for --loop graph", str(device), "use --loop device or c")
+        self.loop = loop if loop != "auto" else ("graph" if on_cuda and hasattr(backend, "device_unet") else "c")
+        self._graphs = None
         self.backend = backend
         self.scheduler_config = scheduler_config or backend.scheduler_config
         self.transform = transform  # the checkpoint's FMRITransform, if any: raw scans and the default negative
@@ -104,12 +126,15 @@ class Runtime:
         start = time.perf_counter()
         cond = self.conditions(x, neg, guided)
         encoded = time.perf_counter()
-        # 2. the loop: C-backed, one denoise call per step
+        # 2. the loop: C-backed (one denoise call per step), or on the device (captured into a CUDA graph)
         latents = initial_latents(shape, cfg.seed, plan.init_noise_sigma).numpy()
-        noise = _variance_noise(shape, cfg.seed) if plan.stochastic else None
-        latents = run_loop(
-            self.backend.denoise, plan, latents, cond, guidance_scale=cfg.guidance_scale, variance_noise=noise
-        )
+        if self.loop == "c" or (plan.stochastic and self.loop == "graph"):  # a graph replays no fresh noise
+            noise = _variance_noise(shape, cfg.seed) if plan.stochastic else None
+            latents = run_loop(
+                self.backend.denoise, plan, latents, cond, guidance_scale=cfg.guidance_scale, variance_noise=noise
+            )
+        else:
+            latents = self.device_loop(plan, latents, cond, cfg.guidance_scale)
         looped = time.perf_counter()
         # 3. decode per frame, in chunks
         video = self.decode(latents, cfg.decode_chunk)
@@ -117,6 +142,26 @@ class Runtime:
         if output == "float":
             return video
         return np.round(video.transpose(0, 2, 3, 4, 1) * 255).astype(np.uint8)  # (B, F, H, W, 3)
+
+    def device_loop(self, plan, latents: np.ndarray, cond, guidance_scale: float) -> np.ndarray:
+        """The loop on the backend's device: a cached :class:`GraphedLoop` per configuration, replayed (``graph``)
+        or stepped from Python (``device``)."""
+        import torch
+
+        from .cuda_graph import GraphCache
+
+        backend = self.backend
+        if plan.stochastic:
+            raise MindVideoError(
+                "expected a deterministic sampler for the device loop", "DDIM with eta > 0", "use --loop c"
+            )
+        if self._graphs is None:
+            self._graphs = GraphCache(backend.device_unet, backend.device, backend.unet_dtype)
+        x = torch.from_numpy(latents).to(backend.device)
+        c = torch.as_tensor(cond).to(backend.device, backend.unet_dtype)
+        loop = self._graphs.get(plan, tuple(x.shape), tuple(c.shape), guidance_scale)
+        out = loop(x, c) if self.loop == "graph" else loop.run_eager(x, c)
+        return out.float().cpu().numpy()
 
     def decode(self, latents: np.ndarray, chunk: int = 16) -> np.ndarray:
         """(B, C, F, h, w) → (B, 3, F, H, W) float32 in [0, 1]."""
@@ -126,7 +171,9 @@ class Runtime:
         return images.reshape(b, f, *images.shape[1:]).transpose(0, 2, 1, 3, 4)
 
 
-def load_runtime(backend: str, *, checkpoint=None, engine=None, device: str = "cpu", dtype: str = "fp32") -> Runtime:
+def load_runtime(
+    backend: str, *, checkpoint=None, engine=None, device: str = "cpu", dtype: str = "fp32", loop: str = "auto"
+) -> Runtime:
     """A :class:`Runtime` on backend ``backend``; the checkpoint (if given) supplies the data transform."""
     from mindvideo.pipeline import load_transform
 
@@ -135,6 +182,7 @@ def load_runtime(backend: str, *, checkpoint=None, engine=None, device: str = "c
     return Runtime(
         make_backend(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype),
         transform=load_transform(checkpoint),
+        loop=loop,
     )
 
 

@@ -4,8 +4,10 @@ Written against the TensorRT 10 Python API (named I/O tensors, ``execute_async_v
 **Not executed in this repository's CI or development machines** (no GPU or TensorRT there): the import guard, the
 engine checks (:func:`mindvideo.export.engine_for`) and the shape checks are tested; the CUDA path awaits a GPU run.
 
-Buffers: every I/O tensor gets one preallocated torch CUDA tensor at the profile's maximum shape, bound once with
-``set_tensor_address``; a call sets the actual input shapes and uses the leading slice. The three engines run one
+Buffers: every I/O tensor gets one preallocated torch CUDA tensor at the profile's maximum shape, bound with
+``set_tensor_address``; a call sets the actual input shapes and uses the leading slice. :meth:`device_unet` runs the
+UNet engine on device tensors on the current stream, which is how :class:`~mindvideo.engine.GraphedLoop` captures the
+whole loop (TensorRT enqueues + the Triton update) into one CUDA graph. The three engines run one
 after another, never concurrently, so their activation memory is one arena of the largest
 ``device_memory_size_v2``, handed to each context with ``set_device_memory``.
 """
@@ -84,6 +86,8 @@ class TensorRTBackend:
         """Copy inputs into the bound buffers' leading slices, run, return the output slice (on the device)."""
         spec, context, buffers = self.specs[name], self.contexts[name], self.buffers[name]
         dims: dict[str, int] = {}
+        for tensor, buffer in buffers.items():  # device_unet may have bound other addresses
+            context.set_tensor_address(tensor, buffer.data_ptr())
         with torch.cuda.stream(self.stream):
             for tensor in spec.inputs:
                 value = torch.as_tensor(inputs[tensor.name])
@@ -109,6 +113,40 @@ class TensorRTBackend:
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return self._execute("vae_decoder", {"latent": latents}).float().cpu().numpy()
+
+    # ---------------------------------------------------------------------------------- the graphed device loop
+
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        """The dtype of the UNet engine's ``sample`` input (what :class:`~mindvideo.engine.GraphedLoop` feeds)."""
+        return self.buffers["unet"]["sample"].dtype
+
+    def device_unet(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet engine on CUDA tensors, enqueued on the *current* stream without a host sync, so that a CUDA-graph
+        capture of the whole loop (:class:`~mindvideo.engine.GraphedLoop`) records it with the update kernels.
+
+        An input whose dtype and layout match the engine's is bound by its own address — each captured step passes
+        its own timestep row, so every replayed step reads its own timestep — and any other input is copied into
+        the bound buffer first (the copy is captured too). Returns the leading slice of the output buffer, valid
+        until the next call."""
+        spec, context, buffers = self.specs["unet"], self.contexts["unet"], self.buffers["unet"]
+        dims: dict[str, int] = {}
+        for tensor, value in zip(spec.inputs, (sample, timestep, cond)):
+            check_profile(spec, tensor.shape, list(value.shape), tensor.name)
+            dims.update({axis: size for axis, size in zip(tensor.shape, value.shape) if isinstance(axis, str)})
+            bound = buffers[tensor.name]
+            if value.dtype == bound.dtype and value.is_contiguous() and value.device == bound.device:
+                context.set_tensor_address(tensor.name, value.data_ptr())
+            else:
+                bound[tuple(slice(0, s) for s in value.shape)].copy_(value)
+                context.set_tensor_address(tensor.name, bound.data_ptr())
+            context.set_input_shape(tensor.name, tuple(value.shape))
+        out = spec.outputs[0]
+        context.set_tensor_address(out.name, buffers[out.name].data_ptr())
+        if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError("TensorRT execution of unet failed")
+        shape = tuple(dims[a] if isinstance(a, str) else a for a in out.shape)
+        return buffers[out.name][tuple(slice(0, s) for s in shape)]
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": torch.cuda.get_device_name(self.device)}

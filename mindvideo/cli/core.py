@@ -111,6 +111,14 @@ def parse_range(text: str) -> tuple[int, int | None]:
     "--engine", type=click.Path(path_type=Path), help="Export folder (mindvideo export) for onnxruntime/tensorrt."
 )
 @click.option(
+    "--loop",
+    type=click.Choice(["auto", "c", "device", "graph"]),
+    default="auto",
+    show_default=True,
+    help="Engine backends: c = C loop on the host; device = per-step loop on the device; graph = the whole loop as "
+    "one CUDA graph; auto = graph on CUDA (torch/tensorrt), else c.",
+)
+@click.option(
     "--out",
     required=True,
     type=click.Path(path_type=Path),
@@ -143,6 +151,7 @@ def generate(
     fps,
     backend,
     engine,
+    loop,
     out,
 ):
     """Reconstruct video from fMRI windows with a checkpoint.
@@ -187,6 +196,12 @@ def generate(
 
         check_model_folders({"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip_model})
         label_array = None if labels is None else read_labels(labels, len(gt))
+    if backend == "pytorch" and loop != "auto":
+        raise MindVideoError(
+            "expected an engine backend (torch, onnxruntime, tensorrt) with --loop",
+            "--backend pytorch",
+            "add --backend torch",
+        )
     if backend == "pytorch":
         if checkpoint is None:
             raise MindVideoError("expected --checkpoint for the pytorch backend", "none", "pass the checkpoint folder")
@@ -194,7 +209,7 @@ def generate(
     else:
         from mindvideo.engine.runtime import load_runtime
 
-        model = load_runtime(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype)
+        model = load_runtime(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype, loop=loop)
     if scan is not None:
         fmri = scan_windows(model.transform, scan, first, last)
     cfg = GenerationConfig(

@@ -53,6 +53,28 @@ def test_torch_backend_equals_the_pipeline(ckpt, fmri, reference):
     assert runtime.times.steps == 3 and runtime.times.total > 0
 
 
+@pytest.mark.parametrize("scheduler", ["dpm", "ddim", "euler"])
+def test_device_loop_equals_the_c_loop(ckpt, fmri, scheduler):
+    """``loop="device"``: the steps a CUDA graph captures (GraphedLoop.run_eager, fused torch update on CPU), driven
+    by the Runtime, equal the C loop over the same backend."""
+    cfg = GenerationConfig(num_frames=3, num_inference_steps=3, scheduler=scheduler, guidance_scale=7.5)
+    backend = TorchBackend(ckpt)
+    c_loop, device_loop = Runtime(backend, loop="c"), Runtime(backend, loop="device")
+    assert Runtime(backend).loop == "c"  # auto on CPU
+    a, b = c_loop(fmri, None, cfg, output="float"), device_loop(fmri, None, cfg, output="float")
+    print(f"device loop vs C loop ({scheduler}): max rel {relative(b, a):.2e}")
+    assert relative(b, a) <= 1e-5
+
+
+def test_loop_choices_are_checked(ckpt, engine_dir):
+    with pytest.raises(MindVideoError, match="CUDA device for --loop graph"):
+        Runtime(TorchBackend(ckpt), loop="graph")
+    with pytest.raises(MindVideoError, match="device UNet"):
+        Runtime(OnnxRuntimeBackend(engine_dir), loop="device")
+    with pytest.raises(MindVideoError, match="loop among"):
+        Runtime(TorchBackend(ckpt), loop="fast")
+
+
 def test_onnxruntime_backend_equals_the_pipeline(engine_dir, fmri, reference):
     video = Runtime(OnnxRuntimeBackend(engine_dir))(fmri, None, CFG, output="float")
     print(f"onnxruntime + C loop vs pipeline: max rel {relative(video, reference):.2e}")
