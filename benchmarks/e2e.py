@@ -23,11 +23,8 @@ Results go to ``benchmarks/results/e2e-<device>.json`` with the device, commit, 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,32 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mindvideo.benchmarks.provenance import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TR_SECONDS = 2.0
-
-
-def provenance(argv: list[str]) -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", None
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
-    return {
-        "device": device,
-        "cpu_count": __import__("os").cpu_count(),
-        "commit": commit,
-        "dirty_tree": dirty,
-        "command": " ".join(["python", *argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-    }
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> list[float]:
@@ -221,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = gpu_bench(args.frames or 60, args.steps or 25, args.repeats)
     else:
         result = cpu_bench(args.checkpoint, args.frames or 6, args.steps or 10, args.repeats, args.threads)
-    result["provenance"] = provenance(sys.argv if argv is None else ["benchmarks/e2e.py", *argv])
+    result["provenance"] = provenance(sys.argv if argv is None else ["benchmarks/e2e.py", *argv], watch=["engine"])
     tag = "gpu-" + torch.cuda.get_device_name().replace(" ", "_") if args.gpu else "cpu"
     out = args.out or RESULTS / f"e2e-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,27 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from mindvideo.benchmarks.provenance import provenance
 from mindvideo.checkpoint import build_random_checkpoint
 from mindvideo.export import Axis, ExportSettings, SpecOptions, export_onnx
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def peak_rss_gib() -> float:
@@ -66,10 +56,7 @@ def main() -> None:
     result = export_onnx(ckpt, out, ExportSettings(spec=options), force=True, progress=print)
     record = {
         "benchmark": "export_sd15",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "device": f"CPU only: {platform.processor() or platform.machine()}, {_cpus()} cores",
+        **provenance(sys.argv, watch=["export", "mindvideo/models"]),
         "model": "SD-1.5 VideoUNet (temporal layers) + FMRIEncoder(4656 voxels) + SD VAE, random weights",
         "precision": args.precision,
         "size": args.size,
@@ -100,12 +87,6 @@ def _row(n, manifest) -> dict:
         "max_rel": n.max_rel,
         "tolerance": n.tolerance,
     }
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

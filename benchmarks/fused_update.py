@@ -22,16 +22,15 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mindvideo.benchmarks.provenance import provenance
 from mindvideo.engine import StepCoefficients, loop
 from mindvideo.engine.fused_update import fused_update_torch
 from mindvideo.engine.sampler import IMPLEMENTATIONS
@@ -137,27 +136,9 @@ def _format_group(shape: str, kind: str, rows: list[dict]) -> str:
 
 
 def environment(argv: list[str]) -> dict:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    cpu = platform.processor() or "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "benchmark": "fused_update",
-        "device": f"{cpu}, {os.cpu_count()} logical CPUs",
-        "commit": git("rev-parse", "HEAD"),
-        "working_tree_dirty": bool(git("status", "--porcelain", "--", "engine", "benchmarks/fused_update.py")),
-        "command": " ".join([Path(sys.executable).name, *argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average_before": list(os.getloadavg()),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
+        **provenance(argv, watch=["engine", "benchmarks/fused_update.py"]),
         "torch_threads": torch.get_num_threads(),
         "guidance_scale": GUIDANCE,
         "c_extension_built": "c" in IMPLEMENTATIONS,

@@ -22,11 +22,9 @@ the UNet's memory layout (head-split views of the projections). Writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -35,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from mindvideo.benchmarks.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, GUIDANCE_BATCH = 8, 2
@@ -162,25 +162,14 @@ def run_checks() -> dict:
     return {"command": " ".join(cmd[2:]), "returncode": done.returncode, "summary": tail[0]}
 
 
-def provenance(dtype_name: str, args: argparse.Namespace) -> dict:
-    import triton
-
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else "unknown"
+def run_provenance(dtype_name: str, args: argparse.Namespace) -> dict:
+    import triton  # noqa: F401  (its version is recorded)
 
     props = torch.cuda.get_device_properties(0)
     return {
-        "device": torch.cuda.get_device_name(0),
+        **provenance(sys.argv, watch=["kernels", "benchmarks/kernels.py"]),
         "device_memory_gib": round(props.total_memory / 2**30, 1),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
         "cuda": torch.version.cuda,
-        "python": platform.python_version(),
         "dtype": dtype_name,
         "warmup": args.warmup,
         "reps": args.reps,
@@ -295,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(format_row(row), flush=True)
 
-    meta = provenance(args.dtype, args)
+    meta = run_provenance(args.dtype, args)
     slug = device_slug(meta["device"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out_dir / f"kernels-{slug}.json", args.out_dir / f"kernels-{slug}.png"

@@ -43,13 +43,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import mindvideo
+from mindvideo.benchmarks.provenance import provenance
 from mindvideo.data import FMRITransform, PrepareConfig, SimConfig, prepare, preprocess_defaults, simulate
 from mindvideo.data.prepare import resolve_loading
 from mindvideo.engine.sources import encode_frame
@@ -357,37 +357,12 @@ def measure(kind, rc, stats_json, out, sent, samples, args, wall, cmd) -> dict[s
 
 
 def environment(argv: list[str]) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
+    import torch  # noqa: F401  (its version is recorded)
 
-    cpu = platform.processor() or "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import torch
-
-    mine = [
-        "engine/stream.py",
-        "engine/stream_input.py",
-        "engine/sources.py",
-        "engine/sinks.py",
-        "mindvideo/cli/stream.py",
-    ]
-    return {
-        "benchmark": "stream_soak",
-        "device": f"{cpu}, {os.cpu_count()} logical CPUs (CPU only, shared with other jobs)",
-        "commit": git("rev-parse", "HEAD"),
-        "working_tree_dirty": bool(git("status", "--porcelain", "--", *mine)),
-        "command": " ".join([Path(sys.executable).name, *argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average_before": [round(v, 2) for v in os.getloadavg()],
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
-    }
+    watch = ["engine", "mindvideo/cli/stream.py", "benchmarks/stream_soak.py"]
+    record = {"benchmark": "stream_soak", **provenance(argv, watch=watch)}
+    record["device"] += " (CPU only, shared with other jobs)"
+    return record
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,0 +1,72 @@
+"""Where a benchmark result came from: device, commit, command, date — one helper for every script here.
+
+Every file in ``benchmarks/results/`` carries these fields, so a number can always be traced to the machine, the
+code and the command that produced it::
+
+    from mindvideo.benchmarks.provenance import provenance
+    record = {"benchmark": "e2e", **provenance(sys.argv, watch=["engine"]), ...}
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git(*args: str) -> str:
+    """Output of a git command in this checkout, or ``"unknown"`` outside one."""
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), else ``platform.processor()``."""
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def device_name() -> str:
+    """The CUDA device when torch sees one, else the CPU and its logical core count."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs"
+
+
+def provenance(argv: Sequence[str], *, watch: Sequence[str] = ()) -> dict[str, Any]:
+    """Device, commit, whether the tree (or the ``watch`` paths) had uncommitted changes, the command as run, the UTC
+    date, the load average before the run and the library versions."""
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "torch", "triton", "onnxruntime"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "unknown")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *watch)
+    return {
+        "device": device_name(),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty_tree": None if status == "unknown" else bool(status),
+        "command": " ".join([Path(sys.executable).name, *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_before": [round(v, 2) for v in os.getloadavg()],
+        "versions": versions,
+    }
