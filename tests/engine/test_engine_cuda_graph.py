@@ -74,3 +74,25 @@ def test_graph_replay_equals_the_eager_loop_on_gpu(unet, kind):
     assert cache.get(plan, latents.shape, cond.shape, 7.5) is loop
     torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again, first)
+
+
+@pytest.mark.gpu
+def test_runtime_graph_loop_equals_the_c_loop_on_gpu(tmp_path):
+    """``mindvideo generate --backend torch --device cuda --loop graph`` path: the Runtime's captured loop gives the
+    video of its C loop over the same CUDA backend (fp32)."""
+    from mindvideo.checkpoint import build_random_checkpoint
+    from mindvideo.engine.backends import TorchBackend
+    from mindvideo.engine.runtime import Runtime
+    from mindvideo.pipeline import GenerationConfig
+
+    ckpt = build_random_checkpoint(tmp_path / "ckpt", "tiny", num_voxels=64, init_scale=0.02)
+    backend = TorchBackend(ckpt, device="cuda")
+    fmri = np.random.default_rng(0).standard_normal((2, 2, 64)).astype(np.float32)
+    cfg = GenerationConfig(num_frames=6, num_inference_steps=5, scheduler="dpm", guidance_scale=7.5)
+    graphed = Runtime(backend)
+    assert graphed.loop == "graph"
+    video, reference = (
+        graphed(fmri, None, cfg, output="float"),
+        Runtime(backend, loop="c")(fmri, None, cfg, output="float"),
+    )
+    assert np.abs(video - reference).max() <= 1e-3 * np.abs(reference).max()
