@@ -59,14 +59,15 @@ def cpu_bench(checkpoint: Path | None, frames: int, steps: int, repeats: int, th
     from mindvideo.checkpoint import build_random_checkpoint
     from mindvideo.engine.backends import OnnxRuntimeBackend, TorchBackend
     from mindvideo.engine.runtime import Runtime
-    from mindvideo.export import ExportSettings, export_onnx
+    from mindvideo.export import Axis, ExportSettings, SpecOptions, export_onnx
     from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
 
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="mindvideo-bench-"))
     if checkpoint is None:
         checkpoint = build_random_checkpoint(work / "ckpt", "tiny", init_scale=0.02)
-    export_onnx(checkpoint, work / "exported", ExportSettings())
+    profile = SpecOptions(frames=Axis(1, frames, max(frames, 16)))  # the clip length is inside the graphs' profile
+    export_onnx(checkpoint, work / "exported", ExportSettings(spec=profile))
     pipe = MindVideoPipeline.from_pretrained(checkpoint)
     fmri = np.random.default_rng(0).standard_normal((1, pipe.window_size, pipe.num_voxels)).astype(np.float32)
     cfg = GenerationConfig(num_frames=frames, num_inference_steps=steps, scheduler="dpm")
