@@ -35,7 +35,10 @@ def rows(results: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
     out = []
     for name, r in results:
         where = r["provenance"]
-        device = where["device"] if r["mode"] == "gpu" else f"CPU, {r.get('threads', '?')} thread(s)"
+        threads = r.get("threads", "?")
+        device = (
+            where["device"] if r["mode"] == "gpu" else f"{where['device']}; {threads} thread{'s' * (threads != 1)}"
+        )
         model = "SD-1.5 size, random" if r["mode"] == "gpu" else _model_name(r.get("checkpoint", ""))
         backends = r["backends"] if r["mode"] == "cpu" else {k: r[k] for k in GPU_ROWS if k in r}
         baseline = backends[BASELINES[r["mode"]]]["median_s"]
@@ -114,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = README.read_text(encoding="utf-8")
         if readme_with(table, current) != current:
-            print(
-                "README.md's e2e table differs from benchmarks/results: run python benchmarks/report.py --readme"
-            )
+            print("README.md's e2e table differs from benchmarks/results: run python benchmarks/report.py --readme")
             return 1
         return 0
     if args.readme:

@@ -26,3 +26,25 @@ def test_cpu_bench_writes_results(tmp_path):
 def test_gpu_bench_needs_cuda(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--gpu", "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "CUDA" in result.output and not (tmp_path / "x.json").exists()
+
+
+def test_readme_table_is_generated_from_the_committed_results(tmp_path):
+    """The README's end-to-end table is exactly what benchmarks/report.py makes of benchmarks/results/e2e-*.json,
+    and rendering a results file gives one row per backend with its own figures."""
+    from mindvideo.benchmarks import report
+
+    assert report.main(["--check"]) == 0, "run: python benchmarks/report.py --readme"
+    record = {
+        "mode": "cpu",
+        "checkpoint": "mindvideo/assets/demo/checkpoint",
+        "frames": 6,
+        "steps": 25,
+        "threads": 1,
+        "backends": {"pytorch": {"median_s": 0.5}, "onnxruntime": {"median_s": 0.25}},
+        "provenance": {"device": "cpu", "commit": "0123456789", "date": "2026-11-22T00:00:00"},
+    }
+    table = report.markdown(report.rows([("e2e-x.json", record)]))
+    assert (
+        "| onnxruntime | 0.250 | 24.0 | 0.125 | 2.00× |" in table
+        and "| pytorch | 0.500 | 12.0 | 0.250 | 1.00× |" in table
+    )
