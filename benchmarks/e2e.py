@@ -11,7 +11,9 @@ GPU mode (``--gpu``, needs CUDA): an SD-1.5-sized random UNet at 256², 60 frame
   * eager fp16 + SDPA (same loop),
   * bf16 per-step Python loop with the fused Triton update (``GraphedLoop.run_eager``),
   * bf16 whole-loop CUDA graph (``GraphedLoop`` replay),
-with the real-time factor against a 2-s TR and the achieved TFLOP/s and % of the measured bf16 matmul peak.
+with the real-time factor against a 2-s TR and the achieved TFLOP/s and % of the measured bf16 matmul peak; then
+the whole ``Runtime`` (encoder → CUDA-graph loop → VAE decode, and the C loop for contrast) on a random SD-1.5-sized
+checkpoint in bf16, per stage (``runtime_end_to_end``).
 
 Results go to ``benchmarks/results/e2e-<device>.json`` with the device, commit, command and date.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -176,7 +179,59 @@ def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
         row["percent_of_bf16_peak"] = 100 * flops / row["median_s"] / peak
         row["speedup_vs_eager_fp32"] = results["eager_fp32"]["median_s"] / row["median_s"]
     results["note"] = "UNet loop only (encoder and VAE decode not included); random SD-1.5-sized weights."
+    try:
+        results["runtime_end_to_end"] = runtime_bench(frames, steps, repeats)
+    except Exception as exc:  # the loop figures above stand on their own; record why this part failed
+        results["runtime_end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"}
     return results
+
+
+def runtime_bench(
+    frames: int, steps: int, repeats: int, *, preset: str = "sd15", device: str = "cuda", dtype: str = "bf16"
+) -> dict:
+    """What ``mindvideo generate --backend torch --device cuda --dtype bf16`` does, end to end with per-stage times:
+    encoder → loop → VAE decode, on a random checkpoint of ``preset`` size written to a temporary folder. The loop
+    runs as the CUDA graph and as the C loop over the same backend (on CPU: the device loop and the C loop)."""
+    from mindvideo.checkpoint import build_random_checkpoint
+    from mindvideo.engine.backends import TorchBackend
+    from mindvideo.engine.runtime import Runtime
+    from mindvideo.pipeline import GenerationConfig
+
+    work = Path(tempfile.mkdtemp(prefix="mindvideo-bench-runtime-"))
+    try:
+        start = time.perf_counter()
+        ckpt = build_random_checkpoint(work / "ckpt", preset)
+        built = time.perf_counter() - start
+        backend = TorchBackend(ckpt, device=device, dtype=dtype)
+        geometry = backend.geometry
+        fmri = np.random.default_rng(0).standard_normal((1, geometry.window_size, geometry.num_voxels))
+        cfg = GenerationConfig(num_frames=frames, num_inference_steps=steps, scheduler="dpm", guidance_scale=12.5)
+        cuda = backend.device.type == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        out: dict = {"preset": preset, "device": device, "dtype": dtype, "frames": frames, "steps": steps}
+        out["checkpoint_build_s"] = built
+        for loop in ("graph" if cuda else "device", "c"):
+            runtime, stages = Runtime(backend, loop=loop), []
+
+            def call(runtime=runtime, stages=stages):
+                runtime(fmri.astype(np.float32), None, cfg)
+                stages.append(runtime.times)
+
+            seconds = timed(call, repeats, sync)
+            median = statistics.median(seconds)
+            kinds = ("encode", "loop", "decode")
+            out[f"loop_{loop}"] = {
+                "seconds": seconds,
+                "median_s": median,
+                "stages_median_s": {k: statistics.median(getattr(t, k) for t in stages[1:]) for k in kinds},
+                "frames_per_s": frames / median,
+                "real_time_factor": median / TR_SECONDS,
+            }
+        if cuda:
+            out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> dict:

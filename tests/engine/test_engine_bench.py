@@ -48,3 +48,15 @@ def test_readme_table_is_generated_from_the_committed_results(tmp_path):
         "| onnxruntime | 0.250 | 24.0 | 0.125 | 2.00× |" in table
         and "| pytorch | 0.500 | 12.0 | 0.250 | 1.00× |" in table
     )
+
+
+def test_runtime_bench_times_both_loops_per_stage():
+    """The end-to-end part of ``bench --gpu`` (Runtime: encoder → loop → decoder), run here at the tiny size on CPU,
+    where the device loop stands in for the CUDA graph."""
+    from mindvideo.benchmarks.e2e import runtime_bench
+
+    result = runtime_bench(2, 1, 1, preset="tiny", device="cpu", dtype="fp32")
+    for loop in ("loop_device", "loop_c"):
+        row = result[loop]
+        assert row["median_s"] > 0 and set(row["stages_median_s"]) == {"encode", "loop", "decode"}
+        assert row["real_time_factor"] == row["median_s"] / 2.0
