@@ -42,6 +42,10 @@ def rows(results: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
         model = "SD-1.5 size, random" if r["mode"] == "gpu" else _model_name(r.get("checkpoint", ""))
         backends = r["backends"] if r["mode"] == "cpu" else {k: r[k] for k in GPU_ROWS if k in r}
         baseline = backends[BASELINES[r["mode"]]]["median_s"]
+        runtime = r.get("runtime_end_to_end") or {}
+        for loop in ("graph", "c"):  # GPU: the whole Runtime, encoder + loop + decoder (not comparable to loop-only)
+            if f"loop_{loop}" in runtime:
+                backends[f"runtime end-to-end, {loop} loop"] = {**runtime[f"loop_{loop}"], "end_to_end": True}
         for backend, row in backends.items():
             out.append(
                 [
@@ -52,7 +56,7 @@ def rows(results: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
                     f"{row['median_s']:.3f}",
                     f"{r['frames'] / row['median_s']:.1f}",
                     f"{row['median_s'] / 2.0:.3f}",
-                    f"{baseline / row['median_s']:.2f}×",
+                    "–" if row.get("end_to_end") else f"{baseline / row['median_s']:.2f}×",
                     f"`{where['commit'][:7]}` {where['date'][:10]} [{name}](benchmarks/results/{name})",
                 ]
             )
