@@ -29,7 +29,7 @@ from mindvideo.train.checkpointing import resolve_component
 from mindvideo.train.config import StageConfig, TrainConfig, check_all
 from mindvideo.train.data import ArrayDataset, StepRandom, load_split
 from mindvideo.train.stages.base import Objective, Stage, substate
-from mindvideo.train.stages.unet_text import VideoValidation, unet_shard_units, validate_video
+from mindvideo.train.stages.unet_text import VideoValidation, unet_shard_units, validate_video, video_diffusion_checks
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +62,7 @@ class CotrainConfig(StageConfig):
                     self.init_encoder,
                 ),
                 (bool(self.init_unet), "init_unet (a unet-text output or a UNet folder)", self.init_unet),
-                (bool(self.vae), "vae (an AutoencoderKL folder or a vae stage output)", self.vae),
-                (bool(self.trainable), "trainable layer groups", self.trainable),
-                (0 <= self.cond_dropout < 1, "cond_dropout in [0, 1)", self.cond_dropout),
-                (
-                    self.snr_gamma >= 0 and self.train_frames >= 0,
-                    "snr_gamma, train_frames ≥ 0",
-                    (self.snr_gamma, self.train_frames),
-                ),
-                (
-                    self.validation.clips >= 1 and self.validation.steps >= 1,
-                    "validation clips/steps ≥ 1",
-                    self.validation,
-                ),
+                *video_diffusion_checks(self),
             ]
         )
 

@@ -66,21 +66,9 @@ class UNetTextConfig(StageConfig):
         super().validate()
         check_all(
             [
-                (bool(self.vae), "vae (an AutoencoderKL folder or a vae stage output)", self.vae),
                 (bool(self.text_encoder), "text_encoder (a CLIP folder or a clip stage output)", self.text_encoder),
                 (self.unet is not None or bool(self.init_unet), "unet or init_unet", self.init_unet),
-                (bool(self.trainable), "trainable layer groups", self.trainable),
-                (0 <= self.cond_dropout < 1, "cond_dropout in [0, 1)", self.cond_dropout),
-                (
-                    self.snr_gamma >= 0 and self.train_frames >= 0,
-                    "snr_gamma, train_frames ≥ 0",
-                    (self.snr_gamma, self.train_frames),
-                ),
-                (
-                    self.validation.clips >= 1 and self.validation.steps >= 1,
-                    "validation clips/steps ≥ 1",
-                    self.validation,
-                ),
+                *video_diffusion_checks(self),
             ]
         )
 
@@ -190,6 +178,21 @@ class UNetTextStage(Stage):
 
 
 # --------------------------------------------------------------------------------------------------- shared
+
+
+def video_diffusion_checks(cfg: UNetTextConfig | Any) -> list[tuple[bool, str, Any]]:
+    """The config checks every video-diffusion stage (unet-text, cotrain) shares, for :func:`check_all`."""
+    return [
+        (bool(cfg.vae), "vae (an AutoencoderKL folder or a vae stage output)", cfg.vae),
+        (bool(cfg.trainable), "trainable layer groups", cfg.trainable),
+        (0 <= cfg.cond_dropout < 1, "cond_dropout in [0, 1)", cfg.cond_dropout),
+        (
+            cfg.snr_gamma >= 0 and cfg.train_frames >= 0,
+            "snr_gamma, train_frames ≥ 0",
+            (cfg.snr_gamma, cfg.train_frames),
+        ),
+        (cfg.validation.clips >= 1 and cfg.validation.steps >= 1, "validation clips/steps ≥ 1", cfg.validation),
+    ]
 
 
 def unet_shard_units(unet: VideoUNet) -> list[torch.nn.Module]:
