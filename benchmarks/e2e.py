@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="CPU mode: intra-op threads for torch and onnxruntime")
     parser.add_argument("--out", type=Path, help="result JSON [default: benchmarks/results/e2e-<device>.json]")
     args = parser.parse_args(argv)
+    where = provenance(sys.argv if argv is None else ["benchmarks/e2e.py", *argv])  # before the run
     if args.gpu:
         if not torch.cuda.is_available():
             from mindvideo.errors import MindVideoError
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = gpu_bench(args.frames or 60, args.steps or 25, args.repeats)
     else:
         result = cpu_bench(args.checkpoint, args.frames or 6, args.steps or 10, args.repeats, args.threads)
-    result["provenance"] = provenance(sys.argv if argv is None else ["benchmarks/e2e.py", *argv], watch=["engine"])
+    result["provenance"] = where
     tag = "gpu-" + torch.cuda.get_device_name().replace(" ", "_") if args.gpu else "cpu"
     out = args.out or RESULTS / f"e2e-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--frames", default="1:2:4", help="MIN:OPT:MAX frames (verification runs at opt and min)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and the export")
     args = parser.parse_args()
+    where = provenance(sys.argv)  # before the run
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     ckpt, out = args.workdir / "ckpt", args.workdir / f"onnx_{args.precision}"
@@ -56,7 +57,7 @@ def main() -> None:
     result = export_onnx(ckpt, out, ExportSettings(spec=options), force=True, progress=print)
     record = {
         "benchmark": "export_sd15",
-        **provenance(sys.argv, watch=["export", "mindvideo/models"]),
+        **where,
         "model": "SD-1.5 VideoUNet (temporal layers) + FMRIEncoder(4656 voxels) + SD VAE, random weights",
         "precision": args.precision,
         "size": args.size,

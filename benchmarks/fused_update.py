@@ -138,7 +138,7 @@ def _format_group(shape: str, kind: str, rows: list[dict]) -> str:
 def environment(argv: list[str]) -> dict:
     return {
         "benchmark": "fused_update",
-        **provenance(argv, watch=["engine", "benchmarks/fused_update.py"]),
+        **provenance(argv),
         "torch_threads": torch.get_num_threads(),
         "guidance_scale": GUIDANCE,
         "c_extension_built": "c" in IMPLEMENTATIONS,

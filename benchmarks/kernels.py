@@ -167,7 +167,7 @@ def run_provenance(dtype_name: str, args: argparse.Namespace) -> dict:
 
     props = torch.cuda.get_device_properties(0)
     return {
-        **provenance(sys.argv, watch=["kernels", "benchmarks/kernels.py"]),
+        **provenance(sys.argv),
         "device_memory_gib": round(props.total_memory / 2**30, 1),
         "cuda": torch.version.cuda,
         "dtype": dtype_name,
@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/kernels.py needs Triton (pip install triton). Nothing was written.", file=sys.stderr)
         return 2
 
+    meta = run_provenance(args.dtype, args)  # before the run
     checks = {"skipped": True} if args.skip_checks else run_checks()
     if checks.get("returncode"):
         print("the GPU correctness grid failed: no timings taken (fix the kernels, or --skip-checks)", file=sys.stderr)
@@ -284,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(format_row(row), flush=True)
 
-    meta = run_provenance(args.dtype, args)
     slug = device_slug(meta["device"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out_dir / f"kernels-{slug}.json", args.out_dir / f"kernels-{slug}.png"

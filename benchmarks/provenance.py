@@ -1,10 +1,11 @@
 """Where a benchmark result came from: device, commit, command, date — one helper for every script here.
 
-Every file in ``benchmarks/results/`` carries these fields, so a number can always be traced to the machine, the
-code and the command that produced it::
+Every file in ``benchmarks/results/`` records at least the device, commit, command and date (files written before
+this helper existed name the dirty-tree flag differently), so a number can always be traced to the machine, the code
+and the command that produced it::
 
     from mindvideo.benchmarks.provenance import provenance
-    record = {"benchmark": "e2e", **provenance(sys.argv, watch=["engine"]), ...}
+    record = {"benchmark": "e2e", **provenance(sys.argv)}   # taken before the run: the load is the load before it
 """
 
 from __future__ import annotations
@@ -52,15 +53,15 @@ def device_name() -> str:
     return f"{cpu_name()}, {os.cpu_count()} logical CPUs"
 
 
-def provenance(argv: Sequence[str], *, watch: Sequence[str] = ()) -> dict[str, Any]:
-    """Device, commit, whether the tree (or the ``watch`` paths) had uncommitted changes, the command as run, the UTC
-    date, the load average before the run and the library versions."""
+def provenance(argv: Sequence[str]) -> dict[str, Any]:
+    """Device, commit, whether tracked files had uncommitted changes, the command as run, the UTC date, the load
+    average now (call it before the run) and the versions of the libraries imported so far."""
     versions = {"python": platform.python_version()}
     for name in ("numpy", "torch", "triton", "onnxruntime"):
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "unknown")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", *watch)
+    status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "device": device_name(),
         "commit": git("rev-parse", "HEAD"),

@@ -40,7 +40,7 @@ def rows(results: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
             where["device"] if r["mode"] == "gpu" else f"{where['device']}; {threads} thread{'s' * (threads != 1)}"
         )
         model = "SD-1.5 size, random" if r["mode"] == "gpu" else _model_name(r.get("checkpoint", ""))
-        backends = r["backends"] if r["mode"] == "cpu" else {k: r[k] for k in GPU_ROWS if k in r}
+        backends = dict(r["backends"]) if r["mode"] == "cpu" else {k: r[k] for k in GPU_ROWS if k in r}
         baseline = backends[BASELINES[r["mode"]]]["median_s"]
         runtime = r.get("runtime_end_to_end") or {}
         for loop in ("graph", "c"):  # GPU: the whole Runtime, encoder + loop + decoder (not comparable to loop-only)

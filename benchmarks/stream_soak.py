@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 import mindvideo
-from mindvideo.benchmarks.provenance import provenance
+from mindvideo.benchmarks.provenance import cpu_name, provenance
 from mindvideo.data import FMRITransform, PrepareConfig, SimConfig, prepare, preprocess_defaults, simulate
 from mindvideo.data.prepare import resolve_loading
 from mindvideo.engine.sources import encode_frame
@@ -359,9 +359,8 @@ def measure(kind, rc, stats_json, out, sent, samples, args, wall, cmd) -> dict[s
 def environment(argv: list[str]) -> dict[str, Any]:
     import torch  # noqa: F401  (its version is recorded)
 
-    watch = ["engine", "mindvideo/cli/stream.py", "benchmarks/stream_soak.py"]
-    record = {"benchmark": "stream_soak", **provenance(argv, watch=watch)}
-    record["device"] += " (CPU only, shared with other jobs)"
+    record = {"benchmark": "stream_soak", **provenance(argv)}
+    record["device"] = f"{cpu_name()}, {os.cpu_count()} logical CPUs (the decoder runs on the CPU; shared machine)"
     return record
 
 

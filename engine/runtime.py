@@ -48,8 +48,9 @@ class Runtime:
     ``loop`` picks the sampling loop: ``"c"`` — the C loop over host buffers, one ``backend.denoise`` per step (any
     backend); ``"device"`` — the per-step Python loop over device buffers with the fused update
     (:meth:`GraphedLoop.run_eager`, backends with ``device_unet``); ``"graph"`` — the same steps captured once per
-    configuration into a CUDA graph and replayed with one launch per clip (CUDA only); ``"auto"`` — ``graph`` when the
-    backend's UNet is on a CUDA device and the sampler is deterministic, else ``c``.
+    configuration into a CUDA graph and replayed with one launch per clip (CUDA only); ``"auto"`` — ``graph`` for the
+    torch backend on a CUDA device with a deterministic sampler, else ``c`` (TensorRT takes ``graph`` on request
+    only, until that path has run on a GPU).
     """
 
     def __init__(self, backend, scheduler_config: dict | None = None, transform=None, loop: str = "auto"):
@@ -63,7 +64,9 @@ class Runtime:
             )
         if loop == "graph" and not on_cuda:
             raise MindVideoError("expected a CUDA device for --loop graph", str(device), "use --loop device or c")
-        self.loop = loop if loop != "auto" else ("graph" if on_cuda and hasattr(backend, "device_unet") else "c")
+        self.auto = loop == "auto"
+        # auto picks the graph for the torch backend only: the TensorRT graph path has not run on a GPU yet
+        self.loop = loop if not self.auto else ("graph" if on_cuda and backend.name == "torch" else "c")
         self._graphs = None
         self.backend = backend
         self.scheduler_config = scheduler_config or backend.scheduler_config
@@ -128,7 +131,7 @@ class Runtime:
         encoded = time.perf_counter()
         # 2. the loop: C-backed (one denoise call per step), or on the device (captured into a CUDA graph)
         latents = initial_latents(shape, cfg.seed, plan.init_noise_sigma).numpy()
-        if self.loop == "c" or (plan.stochastic and self.loop == "graph"):  # a graph replays no fresh noise
+        if self.loop == "c" or (plan.stochastic and self.auto):  # a graph replays no fresh noise
             noise = _variance_noise(shape, cfg.seed) if plan.stochastic else None
             latents = run_loop(
                 self.backend.denoise, plan, latents, cond, guidance_scale=cfg.guidance_scale, variance_noise=noise

@@ -4,8 +4,10 @@ Written against the TensorRT 10 Python API (named I/O tensors, ``execute_async_v
 **Not executed in this repository's CI or development machines** (no GPU or TensorRT there): the import guard, the
 engine checks (:func:`mindvideo.export.engine_for`) and the shape checks are tested; the CUDA path awaits a GPU run.
 
-Buffers: every I/O tensor gets one preallocated torch CUDA tensor at the profile's maximum shape, bound with
-``set_tensor_address``; a call sets the actual input shapes and uses the leading slice. :meth:`device_unet` runs the
+Buffers: every I/O tensor gets one preallocated torch CUDA tensor at the profile's maximum shape, bound once with
+``set_tensor_address``; a call sets the actual input shapes and uses the buffer's dense prefix (TensorRT reads and
+writes a packed tensor of the actual shape at the bound address — a strided slice of the max-shape buffer would not
+be that). :meth:`device_unet` runs the
 UNet engine on device tensors on the current stream, which is how :class:`~mindvideo.engine.GraphedLoop` captures the
 whole loop (TensorRT enqueues + the Triton update) into one CUDA graph. The three engines run one
 after another, never concurrently, so their activation memory is one arena of the largest
@@ -64,13 +66,15 @@ class TensorRTBackend:
         self.geometry = Geometry(window, voxels, channels, (h, w), self.specs["vae_decoder"].outputs[0].shape[2] // h)
 
     def _bind(self, name: str) -> dict[str, torch.Tensor]:
-        """One max-shape CUDA tensor per I/O tensor of ``name``, bound by address once."""
+        """One max-shape CUDA tensor per I/O tensor of ``name``, bound by address once (torch allocations are
+        256-byte aligned, as TensorRT requires)."""
         spec, context = self.specs[name], self.contexts[name]
         buffers, dtypes = {}, {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}
         for tensor, shape in spec.max_shapes().items():
             dtype = {"float32": torch.float32, "float16": torch.float16}[dtypes[tensor]]
             buffers[tensor] = torch.empty(shape, dtype=dtype, device=self.device)
-            context.set_tensor_address(tensor, buffers[tensor].data_ptr())
+            if not context.set_tensor_address(tensor, buffers[tensor].data_ptr()):
+                raise RuntimeError(f"TensorRT refused the buffer address of {name}.{tensor}")
         return buffers
 
     def _shared_arena(self) -> torch.Tensor:
@@ -82,26 +86,30 @@ class TensorRTBackend:
         log.info("TensorRT: one %.1f MB activation arena for %d engines", size / 2**20, len(self.contexts))
         return arena
 
-    def _execute(self, name: str, inputs: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
-        """Copy inputs into the bound buffers' leading slices, run, return the output slice (on the device)."""
+    def _enqueue(self, name: str, inputs: dict[str, np.ndarray | torch.Tensor], stream: torch.cuda.Stream):
+        """Copy the inputs into the dense prefixes of the bound buffers, set the input shapes and enqueue the engine
+        on ``stream`` (no host sync); returns the output's dense prefix. The bound addresses never change, so the
+        same work can be captured into a CUDA graph."""
         spec, context, buffers = self.specs[name], self.contexts[name], self.buffers[name]
         dims: dict[str, int] = {}
-        for tensor, buffer in buffers.items():  # device_unet may have bound other addresses
-            context.set_tensor_address(tensor, buffer.data_ptr())
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(stream):
             for tensor in spec.inputs:
                 value = torch.as_tensor(inputs[tensor.name])
                 check_profile(spec, tensor.shape, list(value.shape), tensor.name)
                 dims.update({axis: size for axis, size in zip(tensor.shape, value.shape) if isinstance(axis, str)})
-                view = buffers[tensor.name][tuple(slice(0, s) for s in value.shape)]
-                view.copy_(value, non_blocking=True)
-                context.set_input_shape(tensor.name, tuple(value.shape))
-            if not context.execute_async_v3(self.stream.cuda_stream):
+                dense(buffers[tensor.name], value.shape).copy_(value, non_blocking=True)
+                if not context.set_input_shape(tensor.name, tuple(value.shape)):
+                    raise RuntimeError(f"TensorRT refused the shape {tuple(value.shape)} for {name}.{tensor.name}")
+            if not context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execution of {name} failed")
         out = spec.outputs[0]
-        shape = tuple(dims[a] if isinstance(a, str) else a for a in out.shape)
+        return dense(buffers[out.name], tuple(dims[a] if isinstance(a, str) else a for a in out.shape))
+
+    def _execute(self, name: str, inputs: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """Run one engine on the backend's stream and wait for it; returns the output (on the device)."""
+        out = self._enqueue(name, inputs, self.stream)
         self.stream.synchronize()
-        return buffers[out.name][tuple(slice(0, s) for s in shape)]
+        return out
 
     def encode(self, fmri: np.ndarray) -> torch.Tensor:
         return self._execute("fmri_encoder", {"fmri": fmri}).clone()
@@ -125,28 +133,19 @@ class TensorRTBackend:
         """The UNet engine on CUDA tensors, enqueued on the *current* stream without a host sync, so that a CUDA-graph
         capture of the whole loop (:class:`~mindvideo.engine.GraphedLoop`) records it with the update kernels.
 
-        An input whose dtype and layout match the engine's is bound by its own address — each captured step passes
-        its own timestep row, so every replayed step reads its own timestep — and any other input is copied into
-        the bound buffer first (the copy is captured too). Returns the leading slice of the output buffer, valid
-        until the next call."""
-        spec, context, buffers = self.specs["unet"], self.contexts["unet"], self.buffers["unet"]
-        dims: dict[str, int] = {}
-        for tensor, value in zip(spec.inputs, (sample, timestep, cond)):
-            check_profile(spec, tensor.shape, list(value.shape), tensor.name)
-            dims.update({axis: size for axis, size in zip(tensor.shape, value.shape) if isinstance(axis, str)})
-            bound = buffers[tensor.name]
-            if value.dtype == bound.dtype and value.is_contiguous() and value.device == bound.device:
-                context.set_tensor_address(tensor.name, value.data_ptr())
-            else:
-                bound[tuple(slice(0, s) for s in value.shape)].copy_(value)
-                context.set_tensor_address(tensor.name, bound.data_ptr())
-            context.set_input_shape(tensor.name, tuple(value.shape))
-        out = spec.outputs[0]
-        context.set_tensor_address(out.name, buffers[out.name].data_ptr())
-        if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise RuntimeError("TensorRT execution of unet failed")
-        shape = tuple(dims[a] if isinstance(a, str) else a for a in out.shape)
-        return buffers[out.name][tuple(slice(0, s) for s in shape)]
+        Inputs are copied into the bound buffers (the copies are captured too: each replayed step copies its own
+        timestep row), so the engine's addresses never change between capture and replay. Returns the dense output
+        prefix, valid until the next call."""
+        inputs = dict(zip((t.name for t in self.specs["unet"].inputs), (sample, timestep, cond)))
+        return self._enqueue("unet", inputs, torch.cuda.current_stream(self.device))
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": torch.cuda.get_device_name(self.device)}
+
+
+def dense(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The packed ``shape`` tensor at the start of ``buffer`` (how TensorRT lays out a smaller-than-max tensor)."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return buffer.view(-1)[:count].view(*shape)

@@ -63,9 +63,8 @@ def parse_range(text: str) -> tuple[int, int | None]:
 @click.option(
     "--batch-size",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Windows per pipeline call (0 = all at once, the reference's noise convention; each batch reuses --seed).",
+    help="Windows per pipeline call; each call reuses --seed. 0 = all at once (the reference's noise convention) "
+    "[default: 0; with --data 8].",
 )
 @click.option(
     "--eval",
@@ -116,7 +115,7 @@ def parse_range(text: str) -> tuple[int, int | None]:
     default="auto",
     show_default=True,
     help="Engine backends: c = C loop on the host; device = per-step loop on the device; graph = the whole loop as "
-    "one CUDA graph; auto = graph on CUDA (torch/tensorrt), else c.",
+    "one CUDA graph; auto = graph for --backend torch on CUDA, else c.",
 )
 @click.option(
     "--out",
@@ -195,7 +194,19 @@ def generate(
         from mindvideo.eval.evaluate import check_model_folders, read_labels
 
         check_model_folders({"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip_model})
-        label_array = None if labels is None else read_labels(labels, len(gt))
+        if labels is not None:  # one label per window of the whole split, cut like the windows
+            label_array = read_labels(labels, split_length(data, split))[: len(gt)]
+    cfg = GenerationConfig(
+        num_frames=frames or 6,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        scheduler=scheduler,
+        seed=seed,
+    )
+    if gt is not None:
+        _check_matches_truth(cfg, gt)
     if backend == "pytorch" and loop != "auto":
         raise MindVideoError(
             "expected an engine backend (torch, onnxruntime, tensorrt) with --loop",
@@ -212,40 +223,28 @@ def generate(
         model = load_runtime(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype, loop=loop)
     if scan is not None:
         fmri = scan_windows(model.transform, scan, first, last)
-    cfg = GenerationConfig(
-        num_frames=frames or 6,
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        scheduler=scheduler,
-        seed=seed,
-    )
-    if gt is not None:
-        _check_matches_truth(cfg, gt)
+    if batch_size is None:
+        batch_size = 8 if data is not None else 0
     start = time.perf_counter()
     output = "float" if out.suffix == ".npy" else "uint8"
     video = _generate_batches(model, fmri, negative, cfg, batch_size, output)
     seconds = time.perf_counter() - start
     rows = [("clips", str(video.shape[0])), ("shape", str(tuple(video.shape))), ("seconds", f"{seconds:.2f}")]
-    metrics = None
-    if gt is not None:
-        from mindvideo.eval.evaluate import evaluate_videos
-
-        clips = video if output == "uint8" else np.round(video.transpose(0, 2, 3, 4, 1) * 255).astype(np.uint8)
-        metrics = evaluate_videos(
-            clips, gt, None, classifier=classifier, video_classifier=video_classifier, clip=clip_model,
-            device=device, labels=label_array, sources={"pred": f"mindvideo generate → {out}", "gt": str(data)},
-        )  # fmt: skip
+    # the reconstructions are written first: a failing evaluation must not throw away the generation
     if out.suffix == ".npy":
         paths = [write_video(out, video)]
     else:
         paths = write_videos(out, video, fps or cfg.num_frames / 2.0)
     rows.append(("written", ", ".join(map(str, paths))))
-    if metrics is not None:
-        from mindvideo.eval.report import summary_rows, write_report
+    if gt is not None:
+        from mindvideo.eval.evaluate import evaluate_videos
+        from mindvideo.eval.report import summary_rows
 
-        write_report(metrics, clips, gt, eval_out)
+        clips = video if output == "uint8" else np.round(video.transpose(0, 2, 3, 4, 1) * 255).astype(np.uint8)
+        metrics = evaluate_videos(
+            clips, gt, eval_out, classifier=classifier, video_classifier=video_classifier, clip=clip_model,
+            device=device, labels=label_array, sources={"pred": str(out), "gt": str(data)},
+        )  # fmt: skip
         rows += [*summary_rows(metrics), ("report", str(eval_out))]
     print_table(rows)
 
@@ -258,6 +257,8 @@ def prepared_split(data: Path, split: str, max_clips: int | None, need_video: bo
             f"expected a prepared dataset split with {split}/fmri.npy", f"none in {data}", "check --data and --split"
         )
     fmri = np.load(folder / "fmri.npy", mmap_mode="r")[:max_clips]
+    if len(fmri) == 0:
+        raise MindVideoError(f"expected fMRI windows in {folder / 'fmri.npy'}", "an empty split", "check --split")
     video = None
     if need_video:
         if not (folder / "video.npy").is_file():
@@ -271,6 +272,11 @@ def prepared_split(data: Path, split: str, max_clips: int | None, need_video: bo
     return np.array(fmri), None if video is None else np.array(video), negative if negative.is_file() else None
 
 
+def split_length(data: Path, split: str) -> int:
+    """Windows in a prepared split (read from the .npy header only)."""
+    return int(np.load(Path(data) / split / "fmri.npy", mmap_mode="r").shape[0])
+
+
 def _check_matches_truth(cfg, gt: np.ndarray) -> None:
     if (cfg.num_frames, cfg.height, cfg.width) != gt.shape[1:4]:
         raise MindVideoError(
@@ -282,7 +288,7 @@ def _check_matches_truth(cfg, gt: np.ndarray) -> None:
 
 def _generate_batches(model, fmri: np.ndarray, negative, cfg, batch_size: int, output: str) -> np.ndarray:
     """Every window in batches of ``batch_size`` (0 = one call); each call draws its noise from ``cfg.seed``."""
-    size = batch_size or len(fmri)
+    size = batch_size or max(len(fmri), 1)
     parts = [model(fmri[i : i + size], negative, cfg, output=output) for i in range(0, max(len(fmri), 1), size)]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

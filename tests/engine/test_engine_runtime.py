@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mindvideo.checkpoint import build_random_checkpoint
@@ -132,3 +133,15 @@ def test_backend_errors_exit_2(engine_dir, fmri, tmp_path, case):
     assert result.exit_code == 2, result.output
     expected = {"tensorrt": "TensorRT is not installed", "broken engine": "unet", "no engine": "--engine"}[case]
     assert expected in result.output and not (tmp_path / "x.npy").exists()
+
+
+def test_tensorrt_buffers_use_the_dense_prefix():
+    """TensorRT reads/writes a packed tensor of the actual shape at a bound address: smaller-than-max shapes are the
+    buffer's dense prefix, not a strided slice of it."""
+    from mindvideo.engine.tensorrt_backend import dense
+
+    buffer = torch.arange(4 * 4 * 16 * 2 * 2, dtype=torch.float32).view(4, 4, 16, 2, 2)
+    view = dense(buffer, (2, 4, 6, 2, 2))
+    assert view.is_contiguous() and view.data_ptr() == buffer.data_ptr()
+    assert torch.equal(view.flatten(), torch.arange(view.numel(), dtype=torch.float32))
+    assert not buffer[:2, :, :6].is_contiguous()  # what the old slicing handed TensorRT
