@@ -152,6 +152,11 @@ class BrainSpace:
     shape: tuple[int, ...] | None
     affine: np.ndarray | None
     grayordinates: Grayordinates | None = None
+    rows: np.ndarray | None = None  # the raw voxels ``ijk`` belongs to, when only some have a volume place
+
+    @property
+    def volume_only(self) -> bool:
+        return self.ijk is not None and self.rows is None
 
 
 def brain_space(transform, template: Path | None = None) -> BrainSpace:
@@ -175,13 +180,12 @@ def brain_space(transform, template: Path | None = None) -> BrainSpace:
             "neither (voxels read from arrays, or a transform from an older version)",
             "pass --template RUN.dtseries.nii for CIFTI data, or re-run `mindvideo data prepare` with --mask",
         )
-    volume = gray.volume_shape is not None and bool(gray.in_volume.all())
-    return BrainSpace(
-        gray.voxel if volume else None,
-        gray.volume_shape if volume else None,
-        gray.affine if volume else None,
-        gray,
-    )
+    if gray.volume_shape is None or not gray.in_volume.any():  # surface only: the CIFTI map is the output
+        return BrainSpace(None, None, None, gray)
+    if gray.in_volume.all():
+        return BrainSpace(gray.voxel, gray.volume_shape, gray.affine, gray)
+    rows = np.flatnonzero(gray.in_volume)  # surface + volume: the NIfTI holds the volume part
+    return BrainSpace(gray.voxel[rows], gray.volume_shape, gray.affine, gray, rows)
 
 
 def write_explanation(maps: AttentionMaps, space: BrainSpace, out: Path) -> list[Path]:
@@ -195,7 +199,7 @@ def write_explanation(maps: AttentionMaps, space: BrainSpace, out: Path) -> list
         if space.ijk is None:
             continue
         volume = np.zeros((*space.shape, len(values)), dtype=np.float32)
-        volume[tuple(space.ijk.T)] = values.T
+        volume[tuple(space.ijk.T)] = (values if space.rows is None else values[:, space.rows]).T
         image = nib.Nifti1Image(volume, space.affine)
         nib.save(image, str(out / f"{kind}_attention.nii.gz"))
         written.append(out / f"{kind}_attention.nii.gz")
@@ -207,9 +211,9 @@ def write_explanation(maps: AttentionMaps, space: BrainSpace, out: Path) -> list
 
 def truth_on_raw_voxels(truth: Path, space: BrainSpace) -> np.ndarray:
     """The simulation's responsive voxels (``truth/subjectN.npz``) as a (V_raw,) bool vector."""
-    if space.ijk is None:
+    if not space.volume_only:
         raise MindVideoError(
-            "expected volume voxels to compare with the simulated truth", "surface data", "drop --truth"
+            "expected volume voxels only to compare with the simulated truth", "surface grayordinates", "drop --truth"
         )
     with np.load(truth) as data:
         atlas, responsive = data["atlas"], data["responsive"]

@@ -174,3 +174,36 @@ def test_explain_on_the_demo_model(tmp_path):
     nonzero = (image.get_fdata() != 0).any(axis=-1)
     assert nonzero.any() and not nonzero[visual.get_fdata() == 0].any()
     assert nib.load(out / "spatial_attention.dscalar.nii").shape == (2, 432)
+
+
+def test_mixed_surface_and_volume_grayordinates_write_both_maps(tmp_path):
+    """CIFTI data with surface vertices and volume voxels: the dscalar holds every grayordinate, the NIfTI the volume
+    part, each value at its own voxel."""
+    from types import SimpleNamespace
+
+    from nibabel.cifti2 import BrainModelAxis
+
+    from mindvideo.data.io import Grayordinates
+    from mindvideo.eval.explain import AttentionMaps, brain_space, write_explanation
+
+    mask = np.zeros((4, 4, 4), bool)
+    mask[1, 1, 1] = mask[2, 2, 2] = mask[3, 1, 0] = True
+    axis = BrainModelAxis.from_surface(np.arange(5), 10, name="CortexLeft") + BrainModelAxis.from_mask(
+        mask, name="ThalamusLeft", affine=np.eye(4)
+    )
+    gray = Grayordinates(
+        np.asarray(axis.name).astype(str),
+        np.asarray(axis.vertex, np.int64),
+        np.asarray(axis.voxel, np.int64),
+        axis.affine,
+        axis.volume_shape,
+        dict(axis.nvertices),
+    )
+    space = brain_space(SimpleNamespace(mask=None, grayordinates=gray, n_raw=len(gray)))
+    values = np.arange(1, 17, dtype=np.float32).reshape(2, 8)  # 2 blocks × (5 vertices + 3 voxels)
+    write_explanation(AttentionMaps({"spatial": values[:, :1]}, {"spatial": values}), space, tmp_path)
+    volume = nib.load(tmp_path / "spatial_attention.nii.gz").get_fdata()
+    np.testing.assert_array_equal(volume[mask.nonzero()], values[:, 5:].T)  # C order, as the mask lists them
+    assert (volume != 0).sum() == 6
+    dscalar = nib.load(tmp_path / "spatial_attention.dscalar.nii")
+    assert dscalar.header.get_axis(1) == axis and np.array_equal(dscalar.get_fdata(), values)
