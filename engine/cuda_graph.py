@@ -17,6 +17,7 @@ development sessions so far); ``tests/engine/test_engine_cuda_graph.py`` has the
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -129,18 +130,31 @@ class GraphedLoop:
 
 
 class GraphCache:
-    """One :class:`GraphedLoop` per static configuration (shapes, steps, scheduler, guidance, dtype), built lazily."""
+    """One :class:`GraphedLoop` per static configuration (shapes, steps, scheduler, guidance, dtype), built lazily;
+    at most ``max_loops`` are kept (least recently used goes first), since each holds its buffers and, once captured,
+    its graph's memory pool — a stream that lowers its steps under load would otherwise add one per step count."""
 
-    def __init__(self, unet: UNet, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16):
-        self.unet, self.device, self.dtype = unet, device, dtype
-        self._loops: dict[tuple, GraphedLoop] = {}
+    def __init__(
+        self,
+        unet: UNet,
+        device: str | torch.device = "cuda",
+        dtype: torch.dtype = torch.bfloat16,
+        max_loops: int = 4,
+    ):
+        self.unet, self.device, self.dtype, self.max_loops = unet, device, dtype, max_loops
+        self._loops: OrderedDict[tuple, GraphedLoop] = OrderedDict()
 
     def get(
         self, plan: SamplingPlan, shape: tuple[int, ...], cond_shape: tuple[int, ...], guidance: float
     ) -> GraphedLoop:
         key = (tuple(shape), tuple(cond_shape), plan.sampler, plan.num_steps, tuple(plan.timesteps.tolist()), guidance)
-        if key not in self._loops:
-            self._loops[key] = GraphedLoop(
-                self.unet, plan, shape, cond_shape, guidance_scale=guidance, dtype=self.dtype, device=self.device
-            )
+        if key in self._loops:
+            self._loops.move_to_end(key)
+            return self._loops[key]
+        while len(self._loops) >= self.max_loops:
+            _, evicted = self._loops.popitem(last=False)
+            log.info("graph cache full (%d): dropping the loop for %s", self.max_loops, tuple(evicted.x.shape))
+        self._loops[key] = GraphedLoop(
+            self.unet, plan, shape, cond_shape, guidance_scale=guidance, dtype=self.dtype, device=self.device
+        )
         return self._loops[key]

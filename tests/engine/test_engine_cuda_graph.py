@@ -59,6 +59,20 @@ def test_stochastic_plans_and_cpu_capture_are_refused(unet):
         loop.capture()
 
 
+def test_graph_cache_reuses_and_bounds_its_loops(unet):
+    """One loop per configuration, reused; the least recently used goes when the cache is full."""
+    cache = GraphCache(unet, device="cpu", dtype=torch.float32, max_loops=2)
+    plans = {steps: make_plan(make_scheduler(SCHEDULER, "dpm"), steps) for steps in (2, 3, 4)}
+    shape, cond = (1, 4, 2, 8, 8), (2, 8, 32)
+    two = cache.get(plans[2], shape, cond, 7.5)
+    assert cache.get(plans[2], shape, cond, 7.5) is two and cache.get(plans[2], shape, cond, 5.0) is not two
+    cache.get(plans[2], shape, cond, 7.5)  # most recently used again
+    cache.get(plans[3], shape, cond, 7.5)  # evicts the guidance-5 loop, not `two`
+    assert cache.get(plans[2], shape, cond, 7.5) is two and len(cache._loops) == 2
+    cache.get(plans[4], shape, cond, 7.5)
+    assert len(cache._loops) == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["ddim", "dpm"])
 def test_graph_replay_equals_the_eager_loop_on_gpu(unet, kind):
