@@ -190,9 +190,15 @@ def check_profile(spec, shape: tuple, dims: list[int], name: str) -> None:
 
 
 def make_backend(
-    name: str, *, checkpoint: str | Path | None, engine: str | Path | None, device: str = "cpu", dtype: str = "fp32"
+    name: str,
+    *,
+    checkpoint: str | Path | None,
+    engine: str | Path | None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    threads: int | None = None,
 ):
-    """The backend called ``name`` (see :data:`BACKENDS`)."""
+    """The backend called ``name`` (see :data:`BACKENDS`); ``threads`` caps onnxruntime's intra-op threads."""
     if name in ("torch", "torch-compile"):
         if checkpoint is None:
             raise MindVideoError(f"expected --checkpoint for the {name} backend", "none", "pass the checkpoint folder")
@@ -202,7 +208,7 @@ def make_backend(
             f"expected --engine (an export folder) for the {name} backend", "none", "run `mindvideo export` first"
         )
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(engine, providers="cuda" if device.startswith("cuda") else "cpu")
+        return OnnxRuntimeBackend(engine, providers="cuda" if device.startswith("cuda") else "cpu", threads=threads)
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
 

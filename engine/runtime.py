@@ -79,6 +79,19 @@ class Runtime:
     def geometry(self):
         return self.backend.geometry
 
+    @property
+    def window_size(self) -> int:
+        return self.geometry.window_size
+
+    @property
+    def num_voxels(self) -> int:
+        return self.geometry.num_voxels
+
+    def check_generation(self, cfg: GenerationConfig) -> tuple[int, int]:
+        """Validated (height, width) for ``cfg`` (as :meth:`MindVideoPipeline.check_generation`)."""
+        shape, factor = self.latent_shape(1, cfg), self.geometry.vae_factor
+        return shape[3] * factor, shape[4] * factor
+
     def plan(self, cfg: GenerationConfig):
         """The sampling plan of (scheduler, steps, eta), built once and cached."""
         key = (cfg.scheduler, cfg.num_inference_steps, cfg.eta)
@@ -117,7 +130,15 @@ class Runtime:
         negative = np.broadcast_to(np.asarray(negative, np.float32).reshape(-1, *fmri.shape[1:]), fmri.shape)
         return self.backend.encode(np.ascontiguousarray(np.concatenate([negative, fmri])))
 
-    def __call__(self, fmri, negative=None, config: GenerationConfig | None = None, *, output: str = "uint8"):
+    def __call__(
+        self,
+        fmri,
+        negative=None,
+        config: GenerationConfig | None = None,
+        *,
+        output: str = "uint8",
+        progress: bool = False,  # accepted for parity with MindVideoPipeline; the runtime draws no bar
+    ):
         cfg = config or GenerationConfig()
         g = self.geometry
         x = check_fmri(fmri, g.window_size, g.num_voxels).numpy()
@@ -175,7 +196,14 @@ class Runtime:
 
 
 def load_runtime(
-    backend: str, *, checkpoint=None, engine=None, device: str = "cpu", dtype: str = "fp32", loop: str = "auto"
+    backend: str,
+    *,
+    checkpoint=None,
+    engine=None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    loop: str = "auto",
+    threads: int | None = None,
 ) -> Runtime:
     """A :class:`Runtime` on backend ``backend``; the checkpoint (if given) supplies the data transform."""
     from mindvideo.pipeline import load_transform
@@ -183,7 +211,7 @@ def load_runtime(
     from .backends import make_backend
 
     return Runtime(
-        make_backend(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype),
+        make_backend(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype, threads=threads),
         transform=load_transform(checkpoint),
         loop=loop,
     )

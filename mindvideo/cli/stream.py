@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from mindvideo.cli.core import GENERATE_BACKENDS
 from mindvideo.errors import MindVideoError
 from mindvideo.sampling import SCHEDULERS
 
@@ -116,7 +117,22 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
 @click.option("--width", type=int, help="Output width [default: the UNet's native size].")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--threads", type=int, help="torch CPU threads [default: torch's].")
+@click.option(
+    "--backend",
+    type=click.Choice(GENERATE_BACKENDS),
+    default="pytorch",
+    show_default=True,
+    help="pytorch: the reference-exact pipeline; the others run the engine (see mindvideo generate --help).",
+)
+@click.option("--engine", type=click.Path(path_type=Path), help="Export folder for --backend onnxruntime/tensorrt.")
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "c", "device", "graph"]),
+    default="auto",
+    show_default=True,
+    help="Engine backends: the sampling loop (see mindvideo generate --help).",
+)
+@click.option("--threads", type=int, help="torch (and onnxruntime) CPU threads [default: the libraries'].")
 @click.option("--policy", type=click.Choice(POLICY_CHOICES), default="drop-oldest", show_default=True)
 @click.option("--max-queue", type=int, help="Windows waiting at most [default: 1 drop-oldest, 4, 8 block].")
 @click.option("--min-frames", default=2, show_default=True, help="Floor for --policy skip-frames.")
@@ -199,7 +215,24 @@ def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
 
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
-    pipe = MindVideoPipeline.from_pretrained(opts["checkpoint"], dtype=opts["dtype"], device=opts["device"])
+    if opts["backend"] == "pytorch" and opts["loop"] != "auto":
+        raise MindVideoError(
+            "expected an engine backend (torch, onnxruntime, tensorrt) with --loop", "--backend pytorch", "add --backend"
+        )
+    if opts["backend"] == "pytorch":
+        pipe = MindVideoPipeline.from_pretrained(opts["checkpoint"], dtype=opts["dtype"], device=opts["device"])
+    else:
+        from mindvideo.engine.runtime import load_runtime
+
+        pipe = load_runtime(
+            opts["backend"],
+            checkpoint=opts["checkpoint"],
+            engine=opts["engine"],
+            device=opts["device"],
+            dtype=opts["dtype"],
+            loop=opts["loop"],
+            threads=opts["threads"],
+        )
     gen = GenerationConfig(
         num_frames=opts["frames"],
         height=opts["height"],

@@ -258,3 +258,36 @@ def test_folder_source_keeps_scan_order(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mindvideo.engine.sources"):
         last = next(source)
     assert last.name == "vol_11.npy" and last.payload[0] == 11 and "skipping vol_1.npy" in caplog.text
+
+
+def test_engine_backends_stream_the_same_clips(setup, tmp_path):
+    """``--backend onnxruntime --engine`` (exported graphs + the C loop, the BCI-host path) and ``--backend torch``
+    stream the clips the reference pipeline streams, TR for TR."""
+    _, _, run = setup
+    exported = tmp_path / "exported"
+    export = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--checkpoint",
+            str(stream_assets().ckpt),
+            "--out",
+            str(exported),
+            "--height",
+            "32",
+            "--width",
+            "32",
+        ],
+    )
+    assert export.exit_code == 0, export.output
+    data = b"".join(encode_frame(run[t]) for t in range(8))
+    clips = {}
+    for backend in ("pytorch", "torch", "onnxruntime"):
+        extra = ["--backend", backend] + (["--engine", exported] if backend == "onnxruntime" else [])
+        result = _invoke("--source", "stdin", "--sink", "stdout", "--policy", "block", *extra, input=data)
+        assert result.exit_code == 0, result.stderr
+        clips[backend] = [frames for header, frames in read_clips(io.BytesIO(result.stdout_bytes)) if "tr" in header]
+    assert len(clips["pytorch"]) == 8
+    for backend in ("torch", "onnxruntime"):
+        for ours, reference in zip(clips[backend], clips["pytorch"], strict=True):
+            assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1, backend
