@@ -18,6 +18,7 @@ from mindvideo.errors import MindVideoError
 from mindvideo.pipeline import GenerationConfig, check_fmri
 from mindvideo.sampling import SCHEDULERS, initial_latents, make_scheduler
 
+from .backends import check_profile
 from .sampler import run_loop
 from .schedule import make_plan
 
@@ -87,9 +88,16 @@ class Runtime:
     def num_voxels(self) -> int:
         return self.geometry.num_voxels
 
-    def check_generation(self, cfg: GenerationConfig) -> tuple[int, int]:
-        """Validated (height, width) for ``cfg`` (as :meth:`MindVideoPipeline.check_generation`)."""
-        shape, factor = self.latent_shape(1, cfg), self.geometry.vae_factor
+    def check_generation(self, cfg: GenerationConfig, batch: int = 1) -> tuple[int, int]:
+        """Validated (height, width) for ``cfg`` (as :meth:`MindVideoPipeline.check_generation`), and for exported
+        backends the UNet call it implies (rows, frames, size) inside the export's profile — checked up front, so a
+        stream cannot fail mid-scan on a shape the engine was not built for."""
+        shape, factor = self.latent_shape(batch, cfg), self.geometry.vae_factor
+        specs = getattr(self.backend, "specs", None)
+        if specs is not None:
+            spec = specs["unet"]
+            rows = 2 * batch if cfg.guidance_scale > 1.0 else batch
+            check_profile(spec, spec.inputs[0].shape, [rows, *shape[1:]], spec.inputs[0].name)
         return shape[3] * factor, shape[4] * factor
 
     def plan(self, cfg: GenerationConfig):
@@ -127,7 +135,14 @@ class Runtime:
             return self.backend.encode(fmri)
         if negative is None:
             negative = self.default_negative if self.default_negative is not None else fmri.mean(0)
-        negative = np.broadcast_to(np.asarray(negative, np.float32).reshape(-1, *fmri.shape[1:]), fmri.shape)
+        negative = np.asarray(negative, np.float32).reshape(-1, *fmri.shape[1:])
+        if negative.shape[0] not in (1, fmri.shape[0]):
+            raise MindVideoError(
+                "expected one negative window or one per input window",
+                f"{negative.shape[0]} for {fmri.shape[0]} inputs",
+                "pass a (window, voxels) array",
+            )
+        negative = np.broadcast_to(negative, fmri.shape)
         return self.backend.encode(np.ascontiguousarray(np.concatenate([negative, fmri])))
 
     def __call__(
@@ -180,7 +195,10 @@ class Runtime:
                 "expected a deterministic sampler for the device loop", "DDIM with eta > 0", "use --loop c"
             )
         if self._graphs is None:
-            self._graphs = GraphCache(backend.device_unet, backend.device, backend.unet_dtype)
+            # TensorRT: one captured shape at a time — every loop shares one execution context, and replaying a
+            # graph captured with other input shapes than the context's current ones is not documented as safe
+            keep = 1 if backend.name == "tensorrt" else 8
+            self._graphs = GraphCache(backend.device_unet, backend.device, backend.unet_dtype, max_loops=keep)
         x = torch.from_numpy(latents).to(backend.device)
         c = torch.as_tensor(cond).to(backend.device, backend.unet_dtype)
         loop = self._graphs.get(plan, tuple(x.shape), tuple(c.shape), guidance_scale)

@@ -107,6 +107,7 @@ class TensorRTBackend:
 
     def _execute(self, name: str, inputs: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
         """Run one engine on the backend's stream and wait for it; returns the output (on the device)."""
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # inputs made on the current stream
         out = self._enqueue(name, inputs, self.stream)
         self.stream.synchronize()
         return out

@@ -182,6 +182,8 @@ def generate(
         raise MindVideoError("expected --eval REPORT with the evaluation options", named, "add --eval report/")
     first, last = parse_range(trs)
     fmri = None if fmri_path is None else read_fmri_array(fmri_path)
+    if fmri is not None and fmri.ndim == 3 and fmri.shape[0] == 0:
+        raise MindVideoError(f"expected at least one fMRI window in {fmri_path}", "shape (0, …)", "check the file")
     gt = None
     if data is not None:
         fmri, gt, split_negative = prepared_split(data, split, max_clips, need_video=eval_out is not None)
@@ -191,11 +193,11 @@ def generate(
     negative = None if negative_fmri is None else read_fmri_array(negative_fmri)
     label_array = None
     if eval_out is not None:
-        from mindvideo.eval.evaluate import check_model_folders, read_labels
+        from mindvideo.eval.evaluate import check_model_folders
 
         check_model_folders({"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip_model})
-        if labels is not None:  # one label per window of the whole split, cut like the windows
-            label_array = read_labels(labels, split_length(data, split))[: len(gt)]
+        if labels is not None:
+            label_array = _labels(labels, len(gt), split_length(data, split))
     cfg = GenerationConfig(
         num_frames=frames or 6,
         height=height,
@@ -272,6 +274,25 @@ def prepared_split(data: Path, split: str, max_clips: int | None, need_video: bo
     return np.array(fmri), None if video is None else np.array(video), negative if negative.is_file() else None
 
 
+def _labels(path: Path, clips: int, windows: int) -> np.ndarray:
+    """``--labels``: one per evaluated clip, or one per window of the whole split (then cut like the windows)."""
+    from mindvideo.eval.evaluate import read_labels
+
+    try:
+        return read_labels(path, clips)
+    except MindVideoError:
+        if windows == clips:
+            raise
+    try:
+        return read_labels(path, windows)[:clips]
+    except MindVideoError:
+        raise MindVideoError(
+            f"expected {clips} labels (the evaluated clips) or {windows} (every window of the split) in {path}",
+            "another count",
+            "pass one integer label per clip",
+        ) from None
+
+
 def split_length(data: Path, split: str) -> int:
     """Windows in a prepared split (read from the .npy header only)."""
     return int(np.load(Path(data) / split / "fmri.npy", mmap_mode="r").shape[0])
@@ -287,9 +308,14 @@ def _check_matches_truth(cfg, gt: np.ndarray) -> None:
 
 
 def _generate_batches(model, fmri: np.ndarray, negative, cfg, batch_size: int, output: str) -> np.ndarray:
-    """Every window in batches of ``batch_size`` (0 = one call); each call draws its noise from ``cfg.seed``."""
-    size = batch_size or max(len(fmri), 1)
-    parts = [model(fmri[i : i + size], negative, cfg, output=output) for i in range(0, max(len(fmri), 1), size)]
+    """Every window in batches of ``batch_size`` (0 = one call); each call draws its noise from ``cfg.seed``. A
+    negative with one window per input is cut like the inputs."""
+    size = batch_size or len(fmri)
+    per_window = negative is not None and np.ndim(negative) == 3 and len(negative) == len(fmri) > 1
+    parts = [
+        model(fmri[i : i + size], negative[i : i + size] if per_window else negative, cfg, output=output)
+        for i in range(0, len(fmri), size)
+    ]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 

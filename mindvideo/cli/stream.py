@@ -8,6 +8,7 @@ first TR is read; any user error exits with code 2 and leaves no output file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -217,7 +218,9 @@ def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
         torch.set_num_threads(opts["threads"])
     if opts["backend"] == "pytorch" and opts["loop"] != "auto":
         raise MindVideoError(
-            "expected an engine backend (torch, onnxruntime, tensorrt) with --loop", "--backend pytorch", "add --backend"
+            "expected an engine backend (torch, onnxruntime, tensorrt) with --loop",
+            "--backend pytorch",
+            "add --backend",
         )
     if opts["backend"] == "pytorch":
         pipe = MindVideoPipeline.from_pretrained(opts["checkpoint"], dtype=opts["dtype"], device=opts["device"])
@@ -243,4 +246,6 @@ def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
         seed=opts["seed"],
     )
     pipe.check_generation(gen)
+    if opts["policy"] == "skip-frames":  # the policy may go down to --min-frames: that must run too
+        pipe.check_generation(dataclasses.replace(gen, num_frames=min(opts["min_frames"], gen.num_frames)))
     return pipe, gen

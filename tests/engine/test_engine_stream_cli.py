@@ -291,3 +291,19 @@ def test_engine_backends_stream_the_same_clips(setup, tmp_path):
     for backend in ("torch", "onnxruntime"):
         for ours, reference in zip(clips[backend], clips["pytorch"], strict=True):
             assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1, backend
+
+
+def test_engine_profile_is_checked_before_the_stream_starts(tmp_path):
+    """An export built for 4–8 frames cannot serve --frames 2 (or a skip-frames floor below 4): refused up front,
+    exit 2, nothing written — not mid-scan."""
+    exported = tmp_path / "exported"
+    args = ["export", "--checkpoint", str(stream_assets().ckpt), "--out", str(exported), "--height", "32"]
+    export = CliRunner().invoke(main, [*args, "--width", "32", "--frames", "4:4:8"])
+    assert export.exit_code == 0, export.output
+    engine = ["--backend", "onnxruntime", "--engine", exported]
+    out = tmp_path / "live.mp4"
+    result = _invoke("--source", "stdin", "--sink", f"file:{out}", *engine, input=b"")  # CHEAP: 2 frames
+    assert result.exit_code == 2 and "exported profile" in result.stderr and not out.exists()
+    floor = ["--frames", "4", "--policy", "skip-frames", "--min-frames", "2"]
+    result = _invoke("--source", "stdin", "--sink", f"file:{out}", *engine, *floor, input=b"")
+    assert result.exit_code == 2 and "exported profile" in result.stderr and not out.exists()

@@ -89,3 +89,46 @@ def test_bad_combinations_exit_2_and_write_nothing(setup, tmp_path, args, messag
     result = generate(ckpt, *args, "--out", tmp_path / "out.npy")
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "out.npy").exists() and not (tmp_path / "r").exists()
+
+
+def test_per_window_negatives_are_cut_like_the_batches(setup, tmp_path):
+    ckpt, prep = setup
+    fmri = np.load(prep / "test" / "fmri.npy")[:3]
+    negative = np.random.default_rng(1).standard_normal(fmri.shape).astype(np.float32)
+    np.save(tmp_path / "neg.npy", negative)
+    out = tmp_path / "recon.npy"
+    args = [
+        "--data",
+        prep,
+        "--max-clips",
+        3,
+        "--batch-size",
+        2,
+        "--frames",
+        2,
+        "--negative-fmri",
+        tmp_path / "neg.npy",
+    ]
+    result = generate(ckpt, *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    pipe = MindVideoPipeline.from_pretrained(ckpt)
+    cfg = GenerationConfig(num_frames=2, num_inference_steps=2, guidance_scale=3.0, seed=3407)
+    expected = [pipe(fmri[:2], negative[:2], cfg, output="float"), pipe(fmri[2:], negative[2:], cfg, output="float")]
+    np.testing.assert_allclose(np.load(out), np.concatenate(expected), atol=1e-6)
+
+
+def test_labels_for_the_clips_or_for_the_whole_split(setup, tmp_path):
+    ckpt, prep = setup
+    windows = len(np.load(prep / "test" / "fmri.npy", mmap_mode="r"))
+    for count in (2, windows):
+        np.save(tmp_path / f"l{count}.npy", np.arange(count) % 2)
+        args = ["--data", prep, "--max-clips", 2, "--labels", tmp_path / f"l{count}.npy"]
+        result = generate(ckpt, *args, "--out", tmp_path / f"o{count}.npy", "--eval", tmp_path / f"r{count}")
+        assert result.exit_code == 0, result.output
+
+
+def test_empty_fmri_exits_2(setup, tmp_path):
+    ckpt, _ = setup
+    np.save(tmp_path / "empty.npy", np.zeros((0, 2, 8), np.float32))
+    result = generate(ckpt, "--fmri", tmp_path / "empty.npy", "--out", tmp_path / "o.npy")
+    assert result.exit_code == 2 and "at least one fMRI window" in result.output and not (tmp_path / "o.npy").exists()
