@@ -7,17 +7,24 @@
 #                                      frames, 25 steps, guided, SD-1.5 size, then the whole Runtime end to end
 #                                      -> benchmarks/results/e2e-gpu-<device>.json
 # Logs and result files are copied to $OUT (the device tool's output folder) when it is set.
+# Before the session, HERE: benchmarks/gpu_wheels.sh (the wheels the GPU image lacks, into .whl/); each device call
+# then names `.whl` in `carry`. This script installs them and builds the package (its C extension) for that Python.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+if [[ -d .whl ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 part=${1:-all}
 logs=${OUT:-benchmarks/results}
 mkdir -p "$logs"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$logs/gpu-device.txt"
 if [[ $part == checks || $part == all ]]; then
-    python -m pytest -m gpu tests --ignore=tests/kernels -q -p no:cacheprovider 2>&1 | tee "$logs/gpu-tests.log"
-    python benchmarks/kernels.py 2>&1 | tee "$logs/gpu-kernels.log"  # runs the tests/kernels grid first
+    python3 -m pytest -m gpu tests --ignore=tests/kernels -q -p no:cacheprovider 2>&1 | tee "$logs/gpu-tests.log"
+    python3 benchmarks/kernels.py 2>&1 | tee "$logs/gpu-kernels.log"  # runs the tests/kernels grid first
 fi
 if [[ $part == bench || $part == all ]]; then
-    python benchmarks/e2e.py --gpu --repeats 3 2>&1 | tee "$logs/gpu-e2e.log"
+    python3 benchmarks/e2e.py --gpu --repeats 3 2>&1 | tee "$logs/gpu-e2e.log"
 fi
 cp benchmarks/results/kernels-*.json benchmarks/results/kernels-*.png benchmarks/results/e2e-gpu-*.json "$logs"/ 2>/dev/null || true
