@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mindvideo.errors import MindVideoError
-from mindvideo.pipeline import GenerationConfig, check_fmri
+from mindvideo.pipeline import GenerationConfig, check_fmri, check_negative_rows, generation_size
 from mindvideo.sampling import SCHEDULERS, initial_latents, make_scheduler
 
 from .backends import check_profile
@@ -112,22 +112,9 @@ class Runtime:
 
     def latent_shape(self, batch: int, cfg: GenerationConfig) -> tuple[int, ...]:
         g = self.geometry
-        h = (cfg.height // g.vae_factor) if cfg.height else g.latent_size[0]
-        w = (cfg.width // g.vae_factor) if cfg.width else g.latent_size[1]
-        for size in (cfg.height, cfg.width):
-            if size is not None and (size <= 0 or size % g.vae_factor):
-                raise MindVideoError(
-                    f"expected height and width to be positive multiples of {g.vae_factor}",
-                    f"{cfg.height}×{cfg.width}",
-                    "pick e.g. 256×256",
-                )
-        if cfg.num_frames < 1 or cfg.num_inference_steps < 1:
-            raise MindVideoError(
-                "expected at least 1 frame and 1 step",
-                f"frames={cfg.num_frames}, steps={cfg.num_inference_steps}",
-                "raise them",
-            )
-        return (batch, g.latent_channels, cfg.num_frames, h, w)
+        default = (g.latent_size[0] * g.vae_factor, g.latent_size[1] * g.vae_factor)
+        height, width = generation_size(cfg, default, g.vae_factor)
+        return (batch, g.latent_channels, cfg.num_frames, height // g.vae_factor, width // g.vae_factor)
 
     def conditions(self, fmri: np.ndarray, negative: np.ndarray | None, guided: bool):
         """[negative; positive] conditions in the backend's own type."""
@@ -136,12 +123,7 @@ class Runtime:
         if negative is None:
             negative = self.default_negative if self.default_negative is not None else fmri.mean(0)
         negative = np.asarray(negative, np.float32).reshape(-1, *fmri.shape[1:])
-        if negative.shape[0] not in (1, fmri.shape[0]):
-            raise MindVideoError(
-                "expected one negative window or one per input window",
-                f"{negative.shape[0]} for {fmri.shape[0]} inputs",
-                "pass a (window, voxels) array",
-            )
+        check_negative_rows(negative.shape[0], fmri.shape[0])
         negative = np.broadcast_to(negative, fmri.shape)
         return self.backend.encode(np.ascontiguousarray(np.concatenate([negative, fmri])))
 

@@ -127,22 +127,7 @@ class MindVideoPipeline:
     def check_generation(self, cfg: GenerationConfig) -> tuple[int, int]:
         """Validated (height, width) for ``cfg``."""
         default = self.unet.config.sample_size * self.vae_scale_factor
-        height, width = cfg.height or default, cfg.width or default
-        if height % self.vae_scale_factor or width % self.vae_scale_factor or height <= 0 or width <= 0:
-            raise MindVideoError(
-                f"expected height and width to be positive multiples of {self.vae_scale_factor}",
-                f"{height}×{width}",
-                "pick e.g. 256×256",
-            )
-        if cfg.num_frames < 1 or cfg.num_inference_steps < 1:
-            raise MindVideoError(
-                "expected at least 1 frame and 1 step",
-                f"frames={cfg.num_frames}, steps={cfg.num_inference_steps}",
-                "raise them",
-            )
-        if cfg.scheduler not in SCHEDULERS:
-            raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
-        return height, width
+        return generation_size(cfg, (default, default), self.vae_scale_factor)
 
     @torch.no_grad()
     def __call__(
@@ -167,12 +152,8 @@ class MindVideoPipeline:
         height, width = self.check_generation(cfg)
         x = self.check_fmri(fmri)
         neg = None if negative_fmri is None else self.check_fmri(negative_fmri, "negative fMRI")
-        if neg is not None and neg.shape[0] not in (1, x.shape[0]):
-            raise MindVideoError(
-                "expected one negative window or one per input window",
-                f"{neg.shape[0]} for {x.shape[0]} inputs",
-                "pass a (window, voxels) array",
-            )
+        if neg is not None:
+            check_negative_rows(neg.shape[0], x.shape[0])
         guided = cfg.guidance_scale > 1.0
         # 1. conditions
         cond = self.encode(x, neg, guided)
@@ -204,6 +185,35 @@ class MindVideoPipeline:
         if output == "float":
             return video.numpy()
         return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).numpy()  # (B, F, H, W, 3)
+
+
+def generation_size(cfg: GenerationConfig, default: tuple[int, int], factor: int) -> tuple[int, int]:
+    """Validated (height, width) of ``cfg`` (``default`` where unset; multiples of the VAE ``factor``), with at least
+    one frame and one step and a known scheduler — the checks every generator shares."""
+    height, width = cfg.height or default[0], cfg.width or default[1]
+    if height % factor or width % factor or height <= 0 or width <= 0:
+        raise MindVideoError(
+            f"expected height and width to be positive multiples of {factor}", f"{height}×{width}", "pick e.g. 256×256"
+        )
+    if cfg.num_frames < 1 or cfg.num_inference_steps < 1:
+        raise MindVideoError(
+            "expected at least 1 frame and 1 step",
+            f"frames={cfg.num_frames}, steps={cfg.num_inference_steps}",
+            "raise them",
+        )
+    if cfg.scheduler not in SCHEDULERS:
+        raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
+    return height, width
+
+
+def check_negative_rows(rows: int, inputs: int) -> None:
+    """A negative condition is one window for all inputs or one per input."""
+    if rows not in (1, inputs):
+        raise MindVideoError(
+            "expected one negative window or one per input window",
+            f"{rows} for {inputs} inputs",
+            "pass a (window, voxels) array",
+        )
 
 
 def load_transform(checkpoint: str | Path | None):
