@@ -103,8 +103,16 @@ class BuildConfig:
         return {**dataclasses.asdict(self), "flags": list(self.flags)}
 
 
-def engine_key(onnx_sha256: str, build: BuildConfig, profile: Mapping[str, Any], target: Target) -> str:
-    """sha256 over everything a built engine depends on."""
+def engine_key(
+    onnx_sha256: str,
+    build: BuildConfig,
+    profile: Mapping[str, Any],
+    target: Target,
+    *,
+    plugins: Mapping[str, str] | None = None,
+) -> str:
+    """sha256 over everything a built engine depends on; ``plugins`` maps each plugin the graph uses to a
+    fingerprint of its kernel (an engine embeds the plugin's compiled code)."""
     return sha256_json(
         {
             "onnx": onnx_sha256,
@@ -112,6 +120,7 @@ def engine_key(onnx_sha256: str, build: BuildConfig, profile: Mapping[str, Any],
             "profile": {k: [list(s) for s in v] for k, v in profile.items()},
             "target": dataclasses.asdict(target),
             "record_version": RECORD_VERSION,
+            **({"plugins": dict(plugins)} if plugins else {}),
         }
     )
 

@@ -31,9 +31,10 @@ from torch import nn
 from mindvideo import kernels
 from mindvideo.errors import MindVideoError
 
+from . import plugin
 from .manifest import current_umask
 from .rewrite import canonicalize_attention
-from .spec import ExportSpec
+from .spec import ATTENTION_MODES, ExportSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,19 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; keep a ma
 
 
 @contextlib.contextmanager
-def export_context() -> Iterator[None]:
+def export_context(attention: str = "onnx") -> Iterator[None]:
     """Plain-op attention (the reference backend: Gather/Concat + MatMul-Softmax-MatMul with Q pre-scaled, the
-    pattern TensorRT fuses), no autograd, and the tracer's expected warnings silenced."""
-    with kernels.use_backend("reference"), torch.no_grad(), warnings.catch_warnings():
+    pattern TensorRT fuses), no autograd, and the tracer's expected warnings silenced. ``attention="plugin"``
+    writes the sparse-causal attention as one plugin node instead (:mod:`mindvideo.export.plugin`)."""
+    if attention not in ATTENTION_MODES:
+        raise MindVideoError(f"expected an attention export among {ATTENTION_MODES}", repr(attention))
+    sparse_causal = plugin.BACKEND if attention == "plugin" else None
+    with (
+        kernels.use_backend("reference"),
+        kernels.use_backend(sparse_causal, op="sparse_causal_attention"),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -69,9 +79,13 @@ def trace_to_onnx(module: nn.Module, spec: ExportSpec, path: Path, *, opset: int
     axes, tracing at ``spec.trace_inputs()``. Large models may spill external-data files next to ``path``."""
     if exporter not in EXPORTERS:
         raise MindVideoError(f"expected an exporter among {EXPORTERS}", repr(exporter))
+    if spec.attention == "plugin" and exporter != "torchscript":
+        raise MindVideoError(
+            "expected --exporter torchscript with --attention plugin", exporter, "drop --exporter dynamo"
+        )
     inputs = {k: v.to(t.torch_dtype) for (k, v), t in zip(spec.trace_inputs().items(), spec.inputs)}
     args = tuple(inputs.values())
-    with export_context():
+    with export_context(spec.attention):
         if exporter == "torchscript":
             torch.onnx.export(
                 module,
@@ -83,6 +97,7 @@ def trace_to_onnx(module: nn.Module, spec: ExportSpec, path: Path, *, opset: int
                 input_names=spec.input_names,
                 output_names=spec.output_names,
                 dynamic_axes=spec.dynamic_axes(),
+                custom_opsets={plugin.DOMAIN: plugin.VERSION} if spec.attention == "plugin" else None,
             )
         else:
             dims = {
@@ -138,7 +153,9 @@ def _without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]
         else:
             small.append(init)
     light = onnx.helper.make_graph(graph.node, graph.name, [*graph.input, *inputs], graph.output, small)
-    light_model = onnx.helper.make_model(light, opset_imports=model.opset_import, ir_version=model.ir_version)
+    light_model = onnx.helper.make_model(
+        light, opset_imports=model.opset_import, ir_version=model.ir_version, functions=model.functions
+    )
     return light_model, weights
 
 
@@ -218,6 +235,7 @@ class GraphInfo:
 def finalize(raw: Path, out: Path, spec: ExportSpec) -> GraphInfo:
     """Load the traced graph at ``raw``, fold constants, canonicalise attention, save and check it at ``out``."""
     model = onnx.load(str(raw), load_external_data=True)
+    plugin.define_functions(model)  # before anything runs the graph: onnxruntime needs the plugin op's meaning
     model, how = cleanup(model)
     rewrites = canonicalize_attention(model)
     files = save_graph(model, out, spec)

@@ -328,6 +328,7 @@ def _manifest(info, settings, tools, entries, previous, reuse) -> dict[str, Any]
             "vae_precision": opts.vae_precision,
             "height": opts.height,
             "width": opts.width,
+            **({"attention": opts.attention} if opts.attention != "onnx" else {}),
         },
         "networks": entries,
         "engines": engines,

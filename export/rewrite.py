@@ -30,7 +30,9 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     graph = model.graph
     weights = [onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in graph.initializer]
     light = onnx.helper.make_graph(graph.node, "types", [*graph.input, *weights], graph.output)
-    light_model = onnx.helper.make_model(light, opset_imports=model.opset_import, ir_version=model.ir_version)
+    light_model = onnx.helper.make_model(
+        light, opset_imports=model.opset_import, ir_version=model.ir_version, functions=model.functions
+    )
     inferred = onnx.shape_inference.infer_shapes(light_model, strict_mode=False).graph
     types = {i.name: i.data_type for i in graph.initializer}
     for v in (*inferred.input, *inferred.value_info, *inferred.output):

@@ -36,6 +36,7 @@ import torch
 from mindvideo.errors import MindVideoError
 
 NETWORKS = ("fmri_encoder", "unet", "vae_decoder")
+ATTENTION_MODES = ("onnx", "plugin")  # how the UNet's sparse-causal attention is written (see export/plugin.py)
 GRAPH_DTYPES = {"fp32": "float32", "fp16": "float16"}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -106,6 +107,7 @@ class ExportSpec:
     axes: Mapping[str, Axis]
     precision: str = "fp32"
     trace_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    attention: str = "onnx"  # the UNet's sparse-causal attention: plain ops, or one TensorRT plugin node
 
     # ---------------------------------------------------------------------------------------- shapes
 
@@ -188,6 +190,8 @@ class ExportSpec:
             "outputs": [_tensor_to_dict(t) for t in self.outputs],
             "axes": {k: dataclasses.asdict(a) for k, a in self.axes.items()},
             "trace_dims": dict(self.trace_dims),
+            # recorded only when not the default, so exports made before the option existed keep their cache keys
+            **({"attention": self.attention} if self.attention != "onnx" else {}),
         }
 
     @classmethod
@@ -199,6 +203,7 @@ class ExportSpec:
             outputs=tuple(_tensor_from_dict(t) for t in data["outputs"]),
             axes={k: Axis(**a) for k, a in data["axes"].items()},
             trace_dims=dict(data.get("trace_dims", {})),
+            attention=data.get("attention", "onnx"),
         )
 
 
@@ -267,11 +272,14 @@ class SpecOptions:
     batch: Axis = Axis(1, 2, 4)
     frames: Axis = Axis(1, 8, 16)
     decoder_frames: Axis | None = None
+    attention: str = "onnx"
 
     def validate(self) -> SpecOptions:
         for label, value in (("--precision", self.precision), ("--vae-precision", self.vae_precision)):
             if value not in GRAPH_DTYPES:
                 raise MindVideoError(f"expected {label} among {list(GRAPH_DTYPES)} for ONNX", repr(value))
+        if self.attention not in ATTENTION_MODES:
+            raise MindVideoError(f"expected --attention among {list(ATTENTION_MODES)}", repr(self.attention))
         self.batch.validate("batch")
         self.frames.validate("frames")
         if self.decoder_frames is not None:
@@ -318,6 +326,7 @@ def build_specs(shapes: NetworkShapes, options: SpecOptions) -> dict[str, Export
         axes={"batch": batch, "frames": frames},
         precision=options.precision,
         trace_dims=trace,
+        attention=options.attention,
     )
     size = (h * shapes.vae_scale, w * shapes.vae_scale)
     decoder = ExportSpec(

@@ -23,6 +23,7 @@ from typing import Any
 
 from mindvideo.errors import MindVideoError
 
+from . import plugin, trt_plugin
 from .cache import BuildConfig, EngineCache, Target, engine_key
 from .manifest import MANIFEST, ExportedModel, load_export, write_json_atomic
 from .spec import ExportSpec
@@ -66,7 +67,14 @@ def build_engine(
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
     parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)  # GroupNorm exports as InstanceNormalization
-    if not parser.parse_from_file(str(onnx_path)):  # reads external data next to the file
+    if spec.attention == "plugin":
+        # the plugin nodes must bind to our AOT plugin: register it, and hide the nodes' ONNX function from the
+        # parser (which would otherwise inline it); `path` lets the parser find external weights
+        trt_plugin.register()
+        parsed = parser.parse(plugin.for_tensorrt(onnx_path), str(onnx_path))
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))  # reads external data next to the file
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise MindVideoError(
             f"expected TensorRT to parse {onnx_path}",
@@ -145,7 +153,8 @@ def _build_one(
 ) -> EngineResult:
     spec = exported.specs[name]
     onnx_sha = exported.manifest["networks"][name]["files"][0]["sha256"]
-    key = engine_key(onnx_sha, build, spec.profile(), target)
+    plugins = {"sparse_causal_attention": trt_plugin.fingerprint()} if spec.attention == "plugin" else None
+    key = engine_key(onnx_sha, build, spec.profile(), target, plugins=plugins)
     plan = None if force else cache.lookup(name, key)
     if plan is not None:
         say(f"{name}: engine reused from the cache ({target.describe()}, key {key[:12]})")

@@ -26,6 +26,11 @@ FrameOffsets = Sequence[int | None]
 # CUDA SDPA kernels launch one block row per (batch·head); keep each call below the grid limit.
 _SDPA_MAX_BATCH_HEADS = 32768
 
+# ``None`` ("the first frame") as a plain int offset, for kernels that take the offsets as compile-time ints (the
+# TensorRT plugin): ``clamp(f + FIRST_FRAME, 0, F-1) = 0`` for every frame ``f < 2**30``, and ``f + o`` stays inside
+# int32 for every offset ``encode_offsets`` accepts.
+FIRST_FRAME = -(1 << 30)
+
 
 def source_frames(num_frames: int, frame_offsets: FrameOffsets, device: torch.device | None = None) -> torch.Tensor:
     """``(len(offsets), F)`` int64: for each offset, the clamped source frame of every query frame.
@@ -35,6 +40,23 @@ def source_frames(num_frames: int, frame_offsets: FrameOffsets, device: torch.de
     f = torch.arange(num_frames, device=device)
     rows = [torch.zeros_like(f) if o is None else (f + int(o)).clamp(0, num_frames - 1) for o in frame_offsets]
     return torch.stack(rows)
+
+
+def encode_offsets(frame_offsets: FrameOffsets) -> tuple[int, ...]:
+    """``frame_offsets`` as ints only: ``None`` becomes :data:`FIRST_FRAME`; both give the same :func:`source_frames`.
+
+    Idempotent: already encoded offsets (``FIRST_FRAME`` among them, as a TensorRT plugin attribute holds them) pass
+    through. Raises ``ValueError`` for an empty sequence, a non-int entry, or any other offset of magnitude ``2**30``
+    or more (it could overflow the kernel's int32 ``frame + offset``).
+    """
+    offsets = tuple(frame_offsets)
+    ints = all(isinstance(o, int) and not isinstance(o, bool) for o in offsets if o is not None)
+    if not offsets or not ints or any(o is not None and o != FIRST_FRAME and abs(o) >= -FIRST_FRAME for o in offsets):
+        raise ValueError(
+            f"expected frame_offsets as a non-empty sequence of ints in (-2**30, 2**30) or None (= first frame), "
+            f"got {offsets!r}"
+        )
+    return tuple(FIRST_FRAME if o is None else o for o in offsets)
 
 
 def gather_frames(x: torch.Tensor, num_frames: int, frame_offsets: FrameOffsets) -> torch.Tensor:

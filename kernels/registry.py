@@ -35,7 +35,7 @@ class Backend:
 
 
 _BACKENDS: dict[str, dict[str, Backend]] = {op: {} for op in OPS}
-_forced: list[str] = []
+_forced: list[tuple[str | None, str]] = []  # (op or None for all ops, backend name)
 
 
 def register(
@@ -58,25 +58,34 @@ def backends(op: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def use_backend(name: str | None) -> Iterator[None]:
-    """Force one backend (for every op that has it) inside the block; ``None`` restores automatic choice."""
-    if name is not None and not any(name in table for table in _BACKENDS.values()):
+def use_backend(name: str | None, *, op: str | None = None) -> Iterator[None]:
+    """Force one backend inside the block: for every op that has it, or only for ``op``. ``None`` restores automatic
+    choice. Blocks nest; the innermost one that covers an op decides for it."""
+    if op is not None and op not in _BACKENDS:
+        raise ValueError(f"unknown attention op {op!r}; expected one of {OPS}")
+    tables = [_BACKENDS[op]] if op is not None else list(_BACKENDS.values())
+    if name is not None and not any(name in table for table in tables):
         raise MindVideoError(
-            f"expected an attention backend among {sorted({n for t in _BACKENDS.values() for n in t})}",
+            f"expected an attention backend among {sorted({n for t in tables for n in t})}",
             repr(name),
             "pick one of those names",
         )
-    _forced.append(name or "")
+    _forced.append((op, name or ""))
     try:
         yield
     finally:
         _forced.pop()
 
 
+def _forced_for(op: str) -> str:
+    """The backend the innermost :func:`use_backend` block covering ``op`` forces ("" = automatic)."""
+    return next((name for scope, name in reversed(_forced) if scope in (None, op)), "")
+
+
 def select(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Backend:
     """The backend that will run ``op`` on these arguments."""
     table = _BACKENDS[op]
-    name = backend or (_forced[-1] if _forced else "") or os.environ.get(ENV_VAR, "")
+    name = backend or _forced_for(op) or os.environ.get(ENV_VAR, "")
     if name:
         if name not in table:
             raise MindVideoError(

@@ -65,6 +65,14 @@ TRT_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
 @click.option(
     "--rtol", type=float, default=None, help="Verification tolerance on max_rel [default: 5e-4 fp32, 3e-2 fp16]."
 )
+@click.option(
+    "--attention",
+    type=click.Choice(["onnx", "plugin"]),
+    default="onnx",
+    show_default=True,
+    help="UNet sparse-causal attention: onnx = plain ops; plugin = one node per layer that TensorRT runs with our "
+    "Triton kernel as an ahead-of-time plugin (onnxruntime runs the node's ONNX function).",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-vs-PyTorch check (not recommended).")
 @click.option("--force", is_flag=True, help="Re-export (and rebuild) even when the cache says nothing changed.")
 @click.option(
@@ -97,6 +105,7 @@ def export(
     frames: str,
     decoder_frames: str | None,
     rtol: float | None,
+    attention: str,
     no_verify: bool,
     force: bool,
     exporter: str,
@@ -114,6 +123,7 @@ def export(
     Example:
       mindvideo export --checkpoint ckpt/ --out exported/ --format onnx --precision fp16
       mindvideo export --checkpoint ckpt/ --out exported/ --format trt --precision fp16 --vae-precision bf16
+      mindvideo export --checkpoint ckpt/ --out exported/ --format trt --precision fp16 --attention plugin
     """
     from mindvideo.export.manifest import write_json_atomic
     from mindvideo.export.onnx import ExportSettings, export_onnx
@@ -129,6 +139,7 @@ def export(
         batch=Axis.parse(batch, "batch"),
         frames=Axis.parse(frames, "frames"),
         decoder_frames=Axis.parse(decoder_frames, "decoder frames") if decoder_frames else None,
+        attention=attention,
     )
     settings = ExportSettings(spec=spec, opset=opset, exporter=exporter, rtol=rtol, verify=not no_verify)
     result = export_onnx(checkpoint, out, settings, force=force, progress=_say)

@@ -3,10 +3,15 @@
 The CPU interpreter runs the kernels' arithmetic but not Triton's compiler, so a construct the compiler rejects
 (or a tile that spills registers) would only show on a GPU. Triton ships ``ptxas``: compiling to a cubin for an
 explicit target needs no driver. Run as a script with ``TRITON_INTERPRET`` unset (the test does it in a
-subprocess); prints one JSON line per kernel variant: ``{"kernel", "tile", "ok", "error", "shared", "usage"}``.
+subprocess); prints one JSON line per kernel variant: ``{"kernel", "tile", "ok", "error", "shared", "usage"}``
+(``--plugin``: the TensorRT plugin kernel through :func:`mindvideo.kernels.aot.compile_sparse_causal_plugin`, with
+its PTX entry ``name``, the entry's parameter types ``params``, the indices of those it reads ``params_read`` and
+``block_m`` added).
 
     python tests/kernels/aot_compile.py --arch 90            # one bf16 tile per kernel, d = 40 and 160 (quick)
     python tests/kernels/aot_compile.py --arch 90 --all      # every tile the autotuners may pick
+    python tests/kernels/aot_compile.py --arch 90 --plugin   # the plugin kernel, 16-bit at d = 40/64/80/160, fp32
+    python tests/kernels/aot_compile.py --arch 90 --plugin --all   # × even N, × three offset lists
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
+import re
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
+
+from mindvideo.kernels.aot import resource_usage
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 POINTERS = {"Q", "K", "V", "Out", "Src", "SrcCount", "SrcBias"}
@@ -45,20 +50,6 @@ def _signature(fn, dtype: str, constants: dict) -> tuple[dict, dict, dict]:
             if name.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return signature, constants, attrs
-
-
-def _usage(kernel) -> str:
-    """Registers / spill stack / shared memory as ptxas reports them (cuobjdump from Triton's wheel)."""
-    import triton
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(kernel.asm["cubin"])
-    try:
-        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    finally:
-        os.unlink(f.name)
-    return next((line.strip() for line in out.splitlines() if "REG:" in line), "")
 
 
 def variants(everything: bool):
@@ -102,7 +93,51 @@ def compile_one(name: str, dtype: str, d: int, constants: dict, config, arch: in
         )
     except Exception as error:  # report, don't stop: one line per variant
         return {**row, "ok": False, "error": f"{type(error).__name__}: {str(error)[-500:]}"}
-    return {**row, "ok": True, "shared": kernel.metadata.shared, "usage": _usage(kernel)}
+    return {**row, "ok": True, "shared": kernel.metadata.shared, "usage": resource_usage(kernel.asm["cubin"])}
+
+
+def plugin_variants(everything: bool):
+    """(dtype, head dim, frame offsets, even N) for the plugin kernel: every tile of the table, 16-bit at the SD-1.5
+    head dims and 64; the quick set adds one even-N three-offset variant (one more unrolled key loop)."""
+    if everything:
+        offsets = ((-2, -1), (None, -1), (-3, -2, -1))
+        yield from itertools.product(("bf16", "fp16", "fp32"), (40, 64, 80, 160), offsets, (False, True))
+        return
+    yield from itertools.product(("bf16", "fp16"), (40, 64, 80, 160), [(-2, -1)], [False])
+    yield "bf16", 40, (None, -2, -1), True
+    yield from itertools.product(["fp32"], (40, 80, 160), [(-2, -1)], [False])
+
+
+def entry_params(ptx: str, name: str) -> list[str] | None:
+    """The PTX types of the ``.entry name(...)`` parameters in order (``u64`` for a pointer), or None without one."""
+    entry = re.search(rf"\.entry\s+{re.escape(name)}\s*\(([^)]*)\)", ptx)
+    return None if entry is None else re.findall(r"\.param\s+\.(\w+)", entry.group(1))
+
+
+def params_read(ptx: str, name: str) -> list[int]:
+    """The indices of the entry parameters the kernel loads (``ld.param``): Triton's scratch pointers must not be."""
+    return sorted({int(i) for i in re.findall(rf"ld\.param[\w.]*\s+[^,]+,\s*\[{re.escape(name)}_param_(\d+)", ptx)})
+
+
+def compile_plugin(dtype: str, d: int, offsets: tuple, even_n: bool, arch: int) -> dict:
+    from mindvideo.kernels import aot
+
+    row = {"kernel": "sparse_causal_plugin", "dtype": dtype, "head_dim": d, "offsets": offsets, "even_n": even_n}
+    try:
+        kernel = aot.compile_sparse_causal_plugin(dtype, 8, d, offsets, None, even_n=even_n, arch=arch)
+    except Exception as error:
+        return {**row, "ok": False, "error": f"{type(error).__name__}: {str(error)[-500:]}"}
+    return {
+        **row,
+        "tile": [kernel.block_m, kernel.block_n, kernel.num_warps, kernel.num_stages],
+        "ok": True,
+        "name": kernel.name,
+        "params": entry_params(kernel.ptx, kernel.name),
+        "params_read": params_read(kernel.ptx, kernel.name),
+        "block_m": kernel.block_m,
+        "shared": kernel.shared,
+        "usage": resource_usage(kernel.cubin),
+    }
 
 
 def main() -> int:
@@ -112,10 +147,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90 = H100/H200, 80 = A100)")
     parser.add_argument("--all", action="store_true", help="every candidate tile, head dims 40/80/160")
+    parser.add_argument("--plugin", action="store_true", help="the TensorRT plugin kernel instead")
     args = parser.parse_args()
     failed = 0
-    for variant in variants(args.all):
-        row = compile_one(*variant, arch=args.arch)
+    if args.plugin:
+        rows = (compile_plugin(*variant, arch=args.arch) for variant in plugin_variants(args.all))
+    else:
+        rows = (compile_one(*variant, arch=args.arch) for variant in variants(args.all))
+    for row in rows:
         failed += not row["ok"]
         print(json.dumps(row), flush=True)
     return 1 if failed else 0

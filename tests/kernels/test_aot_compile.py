@@ -8,21 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from kernel_cases import requires_triton
+from kernel_cases import requires_ptxas, requires_triton
 
 SCRIPT = Path(__file__).with_name("aot_compile.py")
 
 
-def _ptxas() -> bool:
-    import importlib.util
-
-    spec = importlib.util.find_spec("triton")
-    return spec is not None and (Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "ptxas").exists()
-
-
 @requires_triton
-@pytest.mark.skipif(not _ptxas(), reason="this Triton build ships no ptxas")
+@requires_ptxas
 def test_compiles_for_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiler, not the interpreter
     done = subprocess.run(

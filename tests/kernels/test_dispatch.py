@@ -40,7 +40,22 @@ def test_import_needs_neither_triton_nor_cuda():
 
 @pytest.mark.parametrize("op", OPS)
 def test_backends_best_first(op):
-    assert kernels.backends(op) == ["triton", "sdpa", "reference", "triton-interpret"]
+    built_in = ["triton", "sdpa", "reference", "triton-interpret"]
+    # other packages may add backends (the ONNX export registers its plugin node for the sparse-causal op)
+    assert [name for name in kernels.backends(op) if name in built_in] == built_in
+
+
+def test_forcing_a_backend_for_one_op_leaves_the_other_alone():
+    with kernels.use_backend("reference"):
+        with kernels.use_backend("sdpa", op="sparse_causal_attention"):
+            assert select("sparse_causal_attention", *_sc_args()).name == "sdpa"
+            assert select("temporal_attention", *_t_args()).name == "reference"
+            with kernels.use_backend(None, op="temporal_attention"):  # automatic again, for that op only
+                assert select("temporal_attention", *_t_args()).name == "sdpa"
+        assert select("sparse_causal_attention", *_sc_args()).name == "reference"
+    assert select("sparse_causal_attention", *_sc_args()).name == "sdpa"
+    with pytest.raises(ValueError, match="unknown attention op"):
+        kernels.use_backend("sdpa", op="cross_attention").__enter__()
 
 
 def test_cpu_never_picks_triton_automatically():

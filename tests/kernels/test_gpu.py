@@ -36,6 +36,14 @@ SPARSE_GRID = [
     for dtype in ("bf16", "fp16", "fp32")
     if dtype != "fp32" or (n == 77 and offsets == "prev2")
 ]
+# The TensorRT plugin kernel with its fixed tiles (one per dtype and head width): 16-bit at SD-1.5's shapes.
+PLUGIN_GRID = [
+    (n, d, f, offsets, dtype)
+    for n, d, f in itertools.product((1024, 256, 64, 77), (40, 80, 160, 64), (1, 2, 6))
+    for offsets in OFFSETS
+    for dtype in ("bf16", "fp16")
+    if offsets == "prev2" or f == 6
+]
 TEMPORAL_GRID = [
     (f, d, dtype)
     for f, d in itertools.product((1, 2, 6, 16, 33, 60, 128), (40, 80, 160))
@@ -53,6 +61,18 @@ def test_sparse_causal_grid(n, d, f, offsets, dtype, gen):
 
     out = sparse_causal_attention_fwd(q, k, v, f, offsets, out=poisoned_like(q))
     err = rel_err(out, sparse_causal_reference(q, k, v, f, offsets))
+    assert err <= GPU_TOLERANCE[dtype], f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(("n", "d", "f", "offsets", "dtype"), PLUGIN_GRID)
+def test_plugin_kernel_grid(n, d, f, offsets, dtype, gen):
+    dtype, offsets = DTYPES[dtype], OFFSETS[offsets]
+    q, k, v = (torch.randn(2, f, 8, n, d, generator=gen).to("cuda", dtype) for _ in range(3))
+    from mindvideo.kernels.sparse_causal import sparse_causal_plugin_attention
+
+    out = sparse_causal_plugin_attention(q, k, v, offsets, out=poisoned_like(q))
+    ref = sparse_causal_reference(*(t.flatten(0, 1) for t in (q, k, v)), f, offsets).view(q.shape)
+    err = rel_err(out, ref)
     assert err <= GPU_TOLERANCE[dtype], f"relative error {err:.2e}"
 
 

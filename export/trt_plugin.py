@@ -1,0 +1,149 @@
+"""Our Triton sparse-causal kernel as a TensorRT ahead-of-time plugin (``mindvideo::sparse_causal_attention``).
+
+Written against TensorRT's ``tensorrt.plugin`` API (TensorRT ≥ 10.8, "quickly deployable plugins"):
+
+* ``@trtp.register`` — the node's output is shaped like ``q``; attributes ``frame_offsets`` (ints) and ``scale``;
+* ``@trtp.autotune`` — fp16, bf16 or fp32, the same for all four tensors, linear layout;
+* ``@trtp.aot_impl`` — compiles the kernel to PTX for the building GPU (:func:`mindvideo.kernels.aot.
+  compile_sparse_causal_plugin`) and returns it with its launch geometry as TensorRT shape expressions; TensorRT
+  embeds the PTX in the engine, which then runs without Python or this package;
+* ``@trtp.impl`` — a just-in-time fallback for nodes without ``aot = 1``: the same attention through our torch
+  launcher on TensorRT's stream.
+
+The ONNX side (the node, its ONNX function, stripping that function before parsing) is :mod:`.plugin`;
+:func:`mindvideo.export.tensorrt.build_engine` calls :func:`register` before it parses a graph with plugin nodes.
+
+NOT EXECUTED in this repository's CI or on its development machines (no GPU; TensorRT is not installable there).
+What is tested there: the kernel under TensorRT's calling convention in Triton's interpreter, its sm_90 PTX (entry
+parameters, shared memory ≤ 48 KiB, no scratch, no spills), the grid and scalar arguments computed from plain ints
+through the same functions this module feeds TensorRT shape expressions, and the ONNX node + function under
+onnxruntime.
+
+No ``from __future__ import annotations`` here, and ``typing.Tuple``/``List``/``Union`` as TensorRT's own samples
+write them: ``tensorrt.plugin`` reads the decorated functions' annotations with ``inspect.signature`` to tell
+tensors from attributes and to check the signatures against each other, so they must be real types, not strings.
+"""
+
+import hashlib
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+from .plugin import DOMAIN, OP
+
+PLUGIN_ID = f"{DOMAIN}::{OP}"
+_registered = False
+
+
+def fingerprint() -> str:
+    """What a plugin engine depends on beyond the graph: the kernel sources and the Triton that compiles them
+    (part of the engine cache key, so editing the kernel rebuilds plugin engines)."""
+    from mindvideo import kernels
+
+    root = Path(kernels.__file__).parent
+    digest = hashlib.sha256()
+    for name in ("sparse_causal.py", "aot.py"):
+        digest.update((root / name).read_bytes())
+    try:
+        digest.update(importlib.metadata.version("triton").encode())
+    except importlib.metadata.PackageNotFoundError:
+        digest.update(b"no-triton")
+    return digest.hexdigest()
+
+
+def register() -> None:
+    """Register the plugin with TensorRT's plugin registry (idempotent). Raises "TensorRT is not installed" without
+    TensorRT."""
+    from .tensorrt import require_tensorrt  # here: tensorrt.py imports this module
+
+    global _registered
+    trt = require_tensorrt()
+    if _registered:
+        return
+    from typing import List, Tuple, Union  # noqa: UP035  (see the module docstring)
+
+    import numpy as np
+    import numpy.typing as npt
+    import tensorrt.plugin as trtp
+
+    from mindvideo.kernels import aot
+
+    dtypes = {trt.float16: "fp16", trt.bfloat16: "bf16", trt.float32: "fp32"}
+
+    @trtp.register(PLUGIN_ID)
+    def _describe(
+        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, frame_offsets: npt.NDArray[np.int32], scale: float
+    ) -> trtp.TensorDesc:
+        return q.like()
+
+    @trtp.autotune(PLUGIN_ID)
+    def _combinations(
+        q: trtp.TensorDesc,
+        k: trtp.TensorDesc,
+        v: trtp.TensorDesc,
+        outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
+    ) -> List[trtp.AutoTuneCombination]:  # noqa: UP006
+        return [trtp.AutoTuneCombination("FP16|BF16|FP32, FP16|BF16|FP32, FP16|BF16|FP32, FP16|BF16|FP32", "LINEAR")]
+
+    @trtp.aot_impl(PLUGIN_ID)
+    def _ahead_of_time(
+        q: trtp.TensorDesc,
+        k: trtp.TensorDesc,
+        v: trtp.TensorDesc,
+        frame_offsets: npt.NDArray[np.int32],
+        scale: float,
+        outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
+        tactic: int,
+    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006, UP007
+        dims = q.shape_expr  # (B, F, heads, N, d): heads and d are static, N too for a fixed resolution
+        dtype, head_dim, tokens = dtypes[q.dtype], _constant(dims[4], "head dim"), _constant_or_none(dims[3])
+        block_n = aot.plugin_tile(dtype, head_dim)[1]
+        kernel = aot.compile_sparse_causal_plugin(
+            dtype,
+            num_heads=_constant(dims[2], "heads"),
+            head_dim=head_dim,
+            frame_offsets=tuple(int(o) for o in frame_offsets),  # already encoded (FIRST_FRAME for None)
+            scale=float(scale),
+            even_n=tokens is not None and tokens % block_n == 0,  # a static N that fills every key block
+        )
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x = aot.plugin_grid(tuple(dims), kernel.block_m, trtp.cdiv)
+        launch.block_x = kernel.num_warps * 32
+        launch.shared_mem = kernel.shared
+        scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in aot.plugin_scalars(tuple(dims))])
+        return kernel.name, kernel.ptx, launch, scalars
+
+    @trtp.impl(PLUGIN_ID)
+    def _just_in_time(
+        q: trtp.Tensor,
+        k: trtp.Tensor,
+        v: trtp.Tensor,
+        frame_offsets: npt.NDArray[np.int32],
+        scale: float,
+        outputs: Tuple[trtp.Tensor],  # noqa: UP006
+        stream: int,
+    ) -> None:
+        import torch
+
+        from mindvideo.kernels.sparse_causal import sparse_causal_plugin_attention
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            tensors = [torch.as_tensor(t, device="cuda") for t in (q, k, v, outputs[0])]
+            offsets = tuple(int(o) for o in frame_offsets)
+            sparse_causal_plugin_attention(*tensors[:3], offsets, float(scale), out=tensors[3])
+
+    _registered = True
+
+
+def _constant(expr: Any, what: str) -> int:
+    value = _constant_or_none(expr)
+    if value is None:
+        raise ValueError(f"{PLUGIN_ID}: expected a static {what} (the kernel is compiled for it), got a dynamic one")
+    return value
+
+
+def _constant_or_none(expr: Any) -> int | None:
+    """A TensorRT shape expression's value when it is a build-time constant."""
+    if getattr(expr, "is_fake", False) or not expr.is_constant:
+        return None
+    return int(expr.constant_value())

@@ -1,0 +1,208 @@
+"""Ahead-of-time compilation of the sparse-causal kernel for a TensorRT plugin (``tensorrt.plugin``, ``aot_impl``).
+
+A TensorRT "quickly deployable" AOT plugin hands TensorRT a kernel's PTX, its entry name and launch parameters at
+build time; at run time TensorRT launches it by itself, without Python. That fixes the kernel's calling
+convention (``_sparse_causal_plugin_kernel`` in :mod:`.sparse_causal`):
+
+* arguments: the input pointers ``Q, K, V``, then the int32 extra arguments :func:`plugin_scalars` (shape
+  expressions), then the output pointer; everything else (heads, head dim, frame offsets, scale, tile) is a
+  compile-time constant, since plugin attributes are known when the engine is built;
+* grid: 1-D, :func:`plugin_grid` programs of ``num_warps · 32`` threads;
+* shared memory: at most 48 KiB (:data:`MAX_SHARED`), the most a kernel gets without opting in to more, which
+  TensorRT's launch does not do; and no global or profile scratch buffer (Triton appends two scratch pointer
+  parameters to every kernel; TensorRT passes nothing useful there, so the kernel must not touch them).
+
+The tiles in :data:`PLUGIN_TILES` are chosen to meet those limits on sm_90 without spilling registers; the compile
+checks the limits again for whatever architecture it targets. Importing this module needs neither Triton nor a GPU;
+compiling needs Triton's compiler (not its interpreter) and, for ``arch=None``, a GPU to take the target from.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import checks
+from .reference import FrameOffsets, encode_offsets
+
+MAX_SHARED = 49152  # bytes of shared memory a kernel may use without cudaFuncSetAttribute, which TensorRT never calls
+# TensorRT allocates its tensors 256-byte aligned. Telling the compiler the pointers are 16-byte aligned (as Triton's
+# JIT specialises them at launch) lets it vectorise loads and pipeline K/V through shared memory asynchronously;
+# without it the kernel loads synchronously (and the 128-row tile needs twice the registers)
+POINTER_ALIGNMENT = 16
+DOT_PRECISION = {"fp16": "tf32", "bf16": "tf32", "fp32": "ieee"}  # fp32: IEEE products, as the reference; 16-bit: n/a
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (dtype, padded head dim; 16 and 32 use the 64 tiles). Compiled for
+# sm_90 with Triton's ptxas, each fits 48 KiB of shared memory and spills nothing (STACK:0), with even and ragged N
+# (``tests/kernels/aot_compile.py --plugin --all``). The 48 KiB bound the K/V pipeline, so wider heads get fewer
+# rows, narrower key blocks or fewer stages: d ≤ 64 keeps the 128 × 64 tile with two stages (128 registers, two CTAs
+# per SM); d = 80 one warpgroup on 64 rows; d = 160 (the UNet's deepest level, N ≤ 64 at 256²) 32 rows, which also
+# doubles the programs of a small frame. fp32 multiplies on CUDA cores (IEEE, as the reference): small tiles; at
+# exactly d = 256 (unmasked) ptxas spills a few bytes with every fp32 tile that fits, d ≤ 224 is spill-free.
+PLUGIN_TILES: dict[tuple[str, int], tuple[int, int, int, int]] = {
+    **{(dtype, 64): (128, 64, 8, 2) for dtype in ("fp16", "bf16")},
+    **{(dtype, 128): (64, 32, 4, 2) for dtype in ("fp16", "bf16")},
+    **{(dtype, 256): (32, 16, 8, 2) for dtype in ("fp16", "bf16")},
+    ("fp32", 64): (32, 32, 8, 2),
+    ("fp32", 128): (32, 16, 8, 2),
+    ("fp32", 256): (16, 16, 2, 1),
+}
+
+
+@dataclass(frozen=True)
+class PluginKernel:
+    """One compiled plugin kernel: what TensorRT's ``aot_impl`` returns, plus what it was compiled with."""
+
+    name: str  # the PTX entry
+    ptx: str = field(repr=False)
+    block_m: int  # queries per program, for plugin_grid
+    num_warps: int  # the launch's block is num_warps · 32 threads
+    shared: int  # dynamic shared memory bytes the launch must request
+    block_n: int
+    num_stages: int
+    cubin: bytes = field(repr=False)  # the same kernel assembled for the target (for resource_usage)
+
+
+def plugin_tile(dtype: str, head_dim: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` for ``dtype`` ∈ {"fp16", "bf16", "fp32"} and ``head_dim``."""
+    if dtype not in DOT_PRECISION:
+        raise ValueError(f"expected dtype 'fp16', 'bf16' or 'fp32', got {dtype!r}")
+    if not isinstance(head_dim, int) or not 1 <= head_dim <= checks.MAX_HEAD_DIM:
+        raise ValueError(f"expected a head dim in 1…{checks.MAX_HEAD_DIM}, got {head_dim!r}")
+    return PLUGIN_TILES[dtype, max(64, checks.block_d(head_dim))]
+
+
+def plugin_grid(shape: tuple[Any, ...], block_m: int, cdiv: Callable[[Any, int], Any]) -> Any:
+    """The number of programs for ``shape = (B, F, heads, N, d)``: ``cdiv(N, block_m) · B · F · heads``.
+
+    The entries may be ints or TensorRT shape expressions; only ``*`` and ``cdiv`` (``tensorrt.plugin.cdiv`` there,
+    an int function here) are applied, so the same expression serves both.
+    """
+    return cdiv(shape[3], block_m) * shape[0] * shape[1] * shape[2]
+
+
+def plugin_scalars(shape: tuple[Any, ...]) -> tuple[Any, Any]:
+    """The kernel's int32 arguments after the input pointers, in order: ``(F, N)`` of ``(B, F, heads, N, d)``."""
+    return shape[1], shape[3]
+
+
+def compile_sparse_causal_plugin(
+    dtype: str,
+    num_heads: int,
+    head_dim: int,
+    frame_offsets: FrameOffsets,
+    scale: float | None,
+    *,
+    even_n: bool,
+    arch: int | None = None,
+    ptx_version: int | None = None,
+) -> PluginKernel:
+    """Compile ``_sparse_causal_plugin_kernel`` for one plugin configuration.
+
+    Args:
+        dtype: "fp16", "bf16" or "fp32" (inputs and output).
+        num_heads, head_dim: the ``heads`` and ``d`` of the ``(B, F, heads, N, d)`` tensors.
+        frame_offsets: as :func:`mindvideo.kernels.sparse_causal_attention` (``None`` = frame 0).
+        scale: softmax scale, default ``head_dim ** -0.5``.
+        even_n: every N the engine will see is a multiple of the tile's ``BLOCK_N`` (the key loop skips its masks);
+            check with ``plugin_tile(dtype, head_dim)[1]``. False is always correct.
+        arch: compute capability × 10 (90 = H100/H200) to compile for without a GPU; None = the current device.
+        ptx_version: the PTX ISA version × 10 to emit (≥ 80 for sm_90). TensorRT hands the PTX to the CUDA driver,
+            which compiles only ISA versions up to its own CUDA version; None = Triton's default, the newest its
+            bundled ptxas knows (9.x with Triton 3.9, i.e. a CUDA 13 driver), so pin it to the deployment's driver.
+
+    Raises ``ValueError`` for an argument the kernel cannot take or a result TensorRT cannot launch (more than
+    :data:`MAX_SHARED` bytes of shared memory, or a scratch buffer), ``RuntimeError`` under Triton's interpreter.
+    """
+    block_m, block_n, num_warps, num_stages = plugin_tile(dtype, head_dim)
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"expected num_heads ≥ 1, got {num_heads!r}")
+    offsets = encode_offsets(frame_offsets)
+    kernel = _compiler_kernel()
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .sparse_causal import LOG2E
+
+    qk_scale = (head_dim**-0.5 if scale is None else float(scale)) * LOG2E
+
+    constexprs = {
+        "NUM_HEADS": num_heads,
+        "HEAD_DIM": head_dim,
+        "BLOCK_D": checks.block_d(head_dim),
+        "OFFSETS": offsets,
+        "QK_SCALE": qk_scale,
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "EVEN_N": bool(even_n),
+        "DOT_PRECISION": DOT_PRECISION[dtype],
+    }
+    pointers = ("Q", "K", "V", "Out")
+    signature = {
+        name: f"*{dtype}" if name in pointers else "i32" if name in ("num_frames", "N") else "constexpr"
+        for name in kernel.arg_names
+    }
+    attrs = {(kernel.arg_names.index(p),): [["tt.divisibility", POINTER_ALIGNMENT]] for p in pointers}
+    target = None if arch is None else GPUTarget("cuda", arch, 32)
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if ptx_version is not None:
+        options["ptx_version"] = ptx_version
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options)
+
+    meta = compiled.metadata
+    where = f"sparse-causal plugin kernel ({dtype}, head dim {head_dim}, tile {block_m}×{block_n})"
+    if meta.shared > MAX_SHARED:
+        raise ValueError(f"{where} needs {meta.shared} bytes of shared memory; TensorRT launches with ≤ {MAX_SHARED}")
+    if meta.global_scratch_size or meta.profile_scratch_size:
+        raise ValueError(
+            f"{where} needs scratch memory (global {meta.global_scratch_size} B, profile "
+            f"{meta.profile_scratch_size} B), which a TensorRT plugin launch does not provide"
+        )
+    return PluginKernel(
+        name=meta.name,
+        ptx=compiled.asm["ptx"],
+        block_m=block_m,
+        num_warps=meta.num_warps,
+        shared=meta.shared,
+        block_n=block_n,
+        num_stages=num_stages,
+        cubin=compiled.asm["cubin"],
+    )
+
+
+def _compiler_kernel():
+    """The plugin kernel as Triton's compiler sees it; refuses when Triton's interpreter replaced the compiler."""
+    problem = "AOT compilation needs Triton's compiler; compile in a process without TRITON_INTERPRET"
+    if checks.interpreting():
+        raise RuntimeError(f"TRITON_INTERPRET is set: {problem}")
+    import triton
+
+    from .sparse_causal import _sparse_causal_plugin_kernel as kernel
+
+    if not isinstance(kernel, triton.runtime.JITFunction):  # decorated while TRITON_INTERPRET was set
+        raise RuntimeError(f"mindvideo.kernels.sparse_causal was imported under TRITON_INTERPRET: {problem}")
+    return kernel
+
+
+def resource_usage(cubin: bytes) -> str:
+    """Registers, spill stack and static shared memory of a cubin, as ptxas reports them (``REG:… STACK:… …``).
+
+    Uses the ``cuobjdump`` in Triton's wheel, so it runs without a GPU or a CUDA toolkit.
+    """
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    return next((line.strip() for line in out.splitlines() if "REG:" in line), "")
