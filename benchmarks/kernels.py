@@ -10,7 +10,9 @@ Shapes: the SD-1.5 UNet at 256² (32×32 latent): N = 1024 / 256 / 64 tokens wit
 F = 6, 16, 60 frames, batch 2 (classifier-free / adversarial guidance). Contenders:
 
 * sparse-causal: ``triton`` (K/V read in place) vs ``sdpa_gather`` (gather/concat of frames + SDPA, the torch
-  backend) vs ``sdpa_pregathered`` (SDPA on K/V gathered beforehand: attention alone, the copy not counted);
+  backend) vs ``sdpa_pregathered`` (SDPA on K/V gathered beforehand: attention alone, the copy not counted); also
+  ``triton_plugin``, the same kernel in the TensorRT plugin's form (dense inputs, its fixed 48-KiB tile), timed
+  for the record (its tiles were chosen without a GPU) but not part of the targets;
 * temporal: ``triton`` (several positions per program) vs ``sdpa``.
 
 Timing: CUDA events around each call, L2 flushed before each, warm-up first, median reported. Throughput uses the
@@ -41,6 +43,7 @@ HEADS, GUIDANCE_BATCH = 8, 2
 LEVELS = [(1024, 40), (256, 80), (64, 160)]  # (tokens N, head dim d) of SD-1.5's attention at 256²
 OFFSETS = (-2, -1)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 NO_GPU = (
     "benchmarks/kernels.py needs a CUDA GPU and found none: the Triton kernels only run compiled on a GPU "
     "(their CPU checks are `pytest tests/kernels`). Nothing was written."
@@ -88,8 +91,13 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 def bench_sparse(frames: int, n: int, d: int, dtype: torch.dtype, warmup: int, reps: int, flush) -> dict:
     import torch.nn.functional as F
 
+    from mindvideo.kernels.aot import plugin_tile
     from mindvideo.kernels.reference import gather_frames, sparse_causal_reference, sparse_causal_sdpa
-    from mindvideo.kernels.sparse_causal import _sparse_causal_fwd_tuned, sparse_causal_attention_fwd
+    from mindvideo.kernels.sparse_causal import (
+        _sparse_causal_fwd_tuned,
+        sparse_causal_attention_fwd,
+        sparse_causal_plugin_attention,
+    )
 
     bf = GUIDANCE_BATCH * frames
     q, k, v = (unet_layout(bf, n, d, dtype) for _ in range(3))
@@ -98,14 +106,20 @@ def bench_sparse(frames: int, n: int, d: int, dtype: torch.dtype, warmup: int, r
     # the oracle on the first clip and two heads (the whole shape in fp32 would take ~8 GB at F = 60)
     ref = sparse_causal_reference(q[:frames, :2], k[:frames, :2], v[:frames, :2], frames, OFFSETS)
     err = rel_err(out[:frames, :2], ref)
+    # the TensorRT plugin's kernel: dense (B, F, heads, N, d) tensors (as TensorRT hands them over), its fixed tile
+    dense = [t.contiguous().view(GUIDANCE_BATCH, frames, HEADS, n, d) for t in (q, k, v)]
+    plugin_out = sparse_causal_plugin_attention(*dense, OFFSETS)
     contenders = {
         "triton": lambda: sparse_causal_attention_fwd(q, k, v, frames, OFFSETS, out=out),
+        "triton_plugin": lambda: sparse_causal_plugin_attention(*dense, OFFSETS, out=plugin_out),
         "sdpa_gather": lambda: sparse_causal_sdpa(q, k, v, frames, OFFSETS),
         "sdpa_pregathered": lambda: F.scaled_dot_product_attention(q, kg, vg),
     }
     times = {name: time_ms(fn, warmup, reps, flush) for name, fn in contenders.items()}
     row = _row("sparse_causal", frames, n, d, dtype, times, err, baselines=("sdpa_gather", "sdpa_pregathered"))
     row["triton_config"] = str(getattr(_sparse_causal_fwd_tuned, "best_config", None))
+    row["plugin_tile"] = plugin_tile(DTYPE_NAMES[dtype], d)
+    row["plugin_rel_err_vs_reference"] = rel_err(plugin_out.view(bf, HEADS, n, d)[:frames, :2], ref)
     return row
 
 
@@ -236,6 +250,8 @@ def format_row(row: dict) -> str:
     shape = f"{row['op']:>13}  F={row['frames']:<3} N={row['tokens']:<5} d={row['head_dim']:<4}"
     mine = f"triton {row['median_ms']['triton']:8.3f} ms {row['tflops']['triton']:6.1f} TFLOP/s"
     mine += f" {row['gbps']['triton']:7.1f} GB/s"
+    if "triton_plugin" in row["median_ms"]:
+        mine += f"  plugin {row['median_ms']['triton_plugin']:8.3f} ms"
     speedups = "  ".join(f"{b} {x:.2f}×" for b, x in row["speedup_vs"].items())
     return f"{shape} {mine}  {speedups}  err {row['rel_err_vs_reference']:.1e}"
 
