@@ -157,3 +157,19 @@ def test_registering_the_tensorrt_plugin_without_tensorrt_says_how_to_install():
     with pytest.raises(MindVideoError, match="TensorRT is not installed"):
         trt_plugin.register()
     assert NOT_INSTALLED.endswith("pip install mindvideo[gpu]")
+
+
+def test_the_onnxruntime_engine_runs_a_plugin_export_like_pytorch(plugin_export, export_ckpt, tmp_path):
+    """A CPU-only host (onnxruntime backend) can use the same export folder as the TensorRT machine."""
+    window, voxels = load_export(plugin_export).specs["fmri_encoder"].inputs[0].shape[1:]
+    fmri = tmp_path / "fmri.npy"
+    np.save(fmri, np.random.default_rng(0).standard_normal((1, window, voxels)).astype(np.float32))
+    videos = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.npy"
+        args = ["generate", "--checkpoint", export_ckpt, "--fmri", fmri, "--out", out, "--steps", 3, "--frames", 3]
+        result = run_cli(*args, "--backend", backend, "--engine", plugin_export)
+        assert result.exit_code == 0, result.output
+        videos[backend] = np.load(out)
+    assert videos["torch"].shape[2] == 3
+    np.testing.assert_allclose(videos["onnxruntime"], videos["torch"], atol=1e-4)
