@@ -104,7 +104,7 @@ setup(
             "transformers>=4.40",
             "triton>=3.0",
         ],
-        "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=10.0", "cuda-python>=12.3", "polygraphy>=0.49", "triton>=3.0"],
+        "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=10.9,<11", "cuda-python>=12.3", "polygraphy>=0.49", "triton>=3.0"],
         "dev": ["ruff>=0.5", "triton>=3.0", "polygraphy>=0.49"],
     },
     entry_points={"console_scripts": ["mindvideo=mindvideo.cli:main"]},

@@ -1,8 +1,11 @@
 """Our Triton sparse-causal kernel as a TensorRT ahead-of-time plugin (``mindvideo::sparse_causal_attention``).
 
-Written against TensorRT's ``tensorrt.plugin`` API (TensorRT ≥ 10.8, "quickly deployable plugins"):
+Written against TensorRT's ``tensorrt.plugin`` API (TensorRT 10.9–10.x: ``aot_impl`` arrived in 10.9; TensorRT 11
+makes every network strongly typed, which this package's builder does not handle yet):
 
-* ``@trtp.register`` — the node's output is shaped like ``q``; attributes ``frame_offsets`` (ints) and ``scale``;
+* ``@trtp.register`` — the node's output is shaped like ``q``; attributes ``frame_offsets`` (ints) and ``scale``
+  (declared as a one-element float32 array: TensorRT's creator converts a ``float`` attribute with ``float()`` of a
+  length-1 array, which NumPy ≥ 2.4 refuses);
 * ``@trtp.autotune`` — fp16, bf16 or fp32, the same for all four tensors, linear layout;
 * ``@trtp.aot_impl`` — compiles the kernel to PTX for the building GPU (:func:`mindvideo.kernels.aot.
   compile_sparse_causal_plugin`) and returns it with its launch geometry as TensorRT shape expressions; TensorRT
@@ -69,10 +72,15 @@ def register() -> None:
     from mindvideo.kernels import aot
 
     dtypes = {trt.float16: "fp16", trt.bfloat16: "bf16", trt.float32: "fp32"}
+    ptx_version = aot.driver_ptx_version()  # PTX the driver here can load (Triton's default may be newer)
 
     @trtp.register(PLUGIN_ID)
     def _describe(
-        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, frame_offsets: npt.NDArray[np.int32], scale: float
+        q: trtp.TensorDesc,
+        k: trtp.TensorDesc,
+        v: trtp.TensorDesc,
+        frame_offsets: npt.NDArray[np.int32],
+        scale: npt.NDArray[np.float32],
     ) -> trtp.TensorDesc:
         return q.like()
 
@@ -91,7 +99,7 @@ def register() -> None:
         k: trtp.TensorDesc,
         v: trtp.TensorDesc,
         frame_offsets: npt.NDArray[np.int32],
-        scale: float,
+        scale: npt.NDArray[np.float32],
         outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
         tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006, UP007
@@ -103,8 +111,9 @@ def register() -> None:
             num_heads=_constant(dims[2], "heads"),
             head_dim=head_dim,
             frame_offsets=tuple(int(o) for o in frame_offsets),  # already encoded (FIRST_FRAME for None)
-            scale=float(scale),
+            scale=float(scale[0]),
             even_n=tokens is not None and tokens % block_n == 0,  # a static N that fills every key block
+            ptx_version=ptx_version,
         )
         launch = trtp.KernelLaunchParams()
         launch.grid_x = aot.plugin_grid(tuple(dims), kernel.block_m, trtp.cdiv)
@@ -119,7 +128,7 @@ def register() -> None:
         k: trtp.Tensor,
         v: trtp.Tensor,
         frame_offsets: npt.NDArray[np.int32],
-        scale: float,
+        scale: npt.NDArray[np.float32],
         outputs: Tuple[trtp.Tensor],  # noqa: UP006
         stream: int,
     ) -> None:
@@ -130,7 +139,7 @@ def register() -> None:
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             tensors = [torch.as_tensor(t, device="cuda") for t in (q, k, v, outputs[0])]
             offsets = tuple(int(o) for o in frame_offsets)
-            sparse_causal_plugin_attention(*tensors[:3], offsets, float(scale), out=tensors[3])
+            sparse_causal_plugin_attention(*tensors[:3], offsets, float(scale[0]), out=tensors[3])
 
     _registered = True
 

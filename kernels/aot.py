@@ -91,6 +91,27 @@ def plugin_scalars(shape: tuple[Any, ...]) -> tuple[Any, Any]:
     return shape[1], shape[3]
 
 
+def driver_ptx_version() -> int | None:
+    """The newest PTX ISA version (× 10) the installed CUDA driver can compile, or ``None`` without a driver.
+
+    TensorRT hands a plugin's PTX to the driver, so this — not the newest ISA Triton's bundled ptxas knows — is
+    the version to emit on the machine that builds (and, usually, runs) the engine. Triton's own CUDA → PTX table
+    (``ptx_get_version``) maps the driver's CUDA version.
+    """
+    import ctypes
+
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int()
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    return ptx_get_version(f"{version.value // 1000}.{version.value % 1000 // 10}")
+
+
 def compile_sparse_causal_plugin(
     dtype: str,
     num_heads: int,

@@ -50,6 +50,11 @@ def test_every_sparse_causal_attention_is_one_plugin_node(plugin_export, export_
         head_dim = layer.attn1.to_q.out_features // layer.attn1.heads
         assert attrs["scale"] == pytest.approx(head_dim**-0.5)
         assert attrs["plugin_namespace"] == plugin.DOMAIN.encode() and attrs["aot"] == 1
+    # the plugin compiles its kernel for fixed heads, tokens and head dim: those must be static in the graph
+    shapes = {v.name: v.type.tensor_type.shape for v in model.graph.value_info}
+    for node in nodes:
+        dims = [d.dim_value or d.dim_param for d in shapes[node.input[0]].dim]
+        assert dims[:2] == ["batch", "frames"] and all(isinstance(x, int) and x > 0 for x in dims[2:]), dims
     assert [(f.domain, f.name) for f in model.functions] == [(plugin.DOMAIN, plugin.OP)]
     assert any(o.domain == plugin.DOMAIN for o in model.opset_import)
     # the sparse-causal softmaxes moved into the nodes; cross- and temporal attention stay plain ops

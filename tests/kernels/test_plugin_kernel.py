@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_cases import DEVICE, TOLERANCE, poisoned_like, rel_err, requires_ptxas, requires_triton, skip_unless_runs
+from kernel_cases import (
+    DEVICE,
+    HAS_CUDA,
+    TOLERANCE,
+    poisoned_like,
+    rel_err,
+    requires_ptxas,
+    requires_triton,
+    skip_unless_runs,
+)
 
 from mindvideo.kernels import aot
 from mindvideo.kernels.reference import FIRST_FRAME, encode_offsets, source_frames, sparse_causal_reference
@@ -216,3 +225,13 @@ def test_compile_refuses_more_shared_memory_than_tensorrt_gives():
     env = _compiler_env()
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "bytes of shared memory; TensorRT launches with ≤ 49152" in done.stdout, done.stderr[-3000:]
+
+
+@requires_triton
+def test_driver_ptx_version_is_what_the_driver_reports():
+    from mindvideo.kernels import aot
+
+    version = aot.driver_ptx_version()
+    assert version is None or (isinstance(version, int) and version >= 80)  # None: no libcuda (Triton's default)
+    if HAS_CUDA:
+        assert version is not None
