@@ -131,3 +131,63 @@ def test_video_unet_on_gpu(dtype, gen):
         with kernels.use_backend("reference"):
             ref = unet(x, t, cond)
     assert rel_err(out, ref) <= GPU_TOLERANCE[dtype], f"relative error {rel_err(out, ref):.2e}"
+
+
+def _cuda_driver():
+    """cuda-python's driver API (``cuda.bindings.driver`` since 12.6, ``cuda.cuda`` before), or skip."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        try:
+            from cuda import cuda as driver
+        except ImportError:
+            pytest.skip("cuda-python is not installed (pip install mindvideo[gpu])")
+    return driver
+
+
+def _ok(driver, result):
+    """cuda-python returns ``(CUresult, *values)``: check the code, return the value(s)."""
+    status, *values = result
+    assert status == driver.CUresult.CUDA_SUCCESS, status
+    return values[0] if len(values) == 1 else values
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize(("n", "d"), [(1024, 40), (256, 80), (64, 160), (77, 40)])
+def test_plugin_ptx_runs_as_tensorrt_launches_it(n, d, dtype, gen):
+    """What the TensorRT plugin embeds — the PTX from ``aot.compile_sparse_causal_plugin`` for this driver's ISA —
+    loaded with the CUDA driver and launched with TensorRT's argument list (q, k, v, F, N, out; Triton's two
+    scratch pointers null), the grid from ``plugin_grid`` and the block/shared memory the plugin declares."""
+    import ctypes
+
+    from mindvideo.kernels import aot
+
+    driver = _cuda_driver()
+    torch.zeros(1, device="cuda")  # torch's primary context is current: the module loads into it
+    frames, offsets = 6, (-2, -1)
+    tile_n = aot.plugin_tile(dtype, d)[1]
+    kernel = aot.compile_sparse_causal_plugin(
+        dtype, 8, d, offsets, None, even_n=n % tile_n == 0, ptx_version=aot.driver_ptx_version()
+    )
+    module = _ok(driver, driver.cuModuleLoadData(kernel.ptx.encode() + b"\0"))
+    try:
+        function = _ok(driver, driver.cuModuleGetFunction(module, kernel.name.encode()))
+        q, k, v = (torch.randn(2, frames, 8, n, d, generator=gen).to("cuda", DTYPES[dtype]) for _ in range(3))
+        out = poisoned_like(q)
+        grid = aot.plugin_grid(tuple(q.shape), kernel.block_m, lambda a, b: -(-a // b))
+        scalars = aot.plugin_scalars(tuple(q.shape))
+        values = (q.data_ptr(), k.data_ptr(), v.data_ptr(), *scalars, out.data_ptr(), 0, 0)
+        types = (ctypes.c_void_p,) * 3 + (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 3
+        stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+        _ok(
+            driver,
+            driver.cuLaunchKernel(
+                function, grid, 1, 1, kernel.num_warps * 32, 1, 1, kernel.shared, stream, (values, types), 0
+            ),
+        )
+        torch.cuda.synchronize()
+    finally:
+        driver.cuModuleUnload(module)
+    ref = sparse_causal_reference(*(t.flatten(0, 1) for t in (q, k, v)), frames, offsets).view(q.shape)
+    err = rel_err(out, ref)
+    assert err <= GPU_TOLERANCE[DTYPES[dtype]], f"relative error {err:.2e}"
