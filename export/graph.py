@@ -50,10 +50,14 @@ def export_context(attention: str = "onnx") -> Iterator[None]:
     writes the sparse-causal attention as one plugin node instead (:mod:`mindvideo.export.plugin`)."""
     if attention not in ATTENTION_MODES:
         raise MindVideoError(f"expected an attention export among {ATTENTION_MODES}", repr(attention))
-    sparse_causal = plugin.BACKEND if attention == "plugin" else None
+    plugin_nodes = (
+        kernels.use_backend(plugin.BACKEND, op="sparse_causal_attention")
+        if attention == "plugin"
+        else contextlib.nullcontext()
+    )
     with (
         kernels.use_backend("reference"),
-        kernels.use_backend(sparse_causal, op="sparse_causal_attention"),
+        plugin_nodes,
         torch.no_grad(),
         warnings.catch_warnings(),
     ):
@@ -74,15 +78,20 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def trace_to_onnx(module: nn.Module, spec: ExportSpec, path: Path, *, opset: int, exporter: str) -> None:
-    """Export ``module`` (already in the spec's precision) to ``path`` with the spec's inputs, outputs and dynamic
-    axes, tracing at ``spec.trace_inputs()``. Large models may spill external-data files next to ``path``."""
+def check_exporter(exporter: str, attention: str) -> None:
+    """The exporter exists and can write the attention mode (the plugin node is a TorchScript ``symbolic``)."""
     if exporter not in EXPORTERS:
         raise MindVideoError(f"expected an exporter among {EXPORTERS}", repr(exporter))
-    if spec.attention == "plugin" and exporter != "torchscript":
+    if attention == "plugin" and exporter != "torchscript":
         raise MindVideoError(
             "expected --exporter torchscript with --attention plugin", exporter, "drop --exporter dynamo"
         )
+
+
+def trace_to_onnx(module: nn.Module, spec: ExportSpec, path: Path, *, opset: int, exporter: str) -> None:
+    """Export ``module`` (already in the spec's precision) to ``path`` with the spec's inputs, outputs and dynamic
+    axes, tracing at ``spec.trace_inputs()``. Large models may spill external-data files next to ``path``."""
+    check_exporter(exporter, spec.attention)
     inputs = {k: v.to(t.torch_dtype) for (k, v), t in zip(spec.trace_inputs().items(), spec.inputs)}
     args = tuple(inputs.values())
     with export_context(spec.attention):
@@ -178,15 +187,20 @@ def _splice(model: onnx.ModelProto, folded: onnx.GraphProto, weights: set[str]) 
 @contextlib.contextmanager
 def _quiet_polygraphy() -> Iterator[None]:
     import onnxruntime
+    from onnx_graphsurgeon.logger import G_LOGGER as GS_LOGGER
     from polygraphy.logger import G_LOGGER
 
-    previous = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.ERROR if log.getEffectiveLevel() > logging.DEBUG else G_LOGGER.INFO
+    previous = G_LOGGER.module_severity, GS_LOGGER.severity
+    quiet = log.getEffectiveLevel() > logging.DEBUG
+    G_LOGGER.module_severity = G_LOGGER.ERROR if quiet else G_LOGGER.INFO
+    # graph-surgeon logs on its own: its folding copies of a graph with a model-local function (the plugin node's)
+    # fail onnxruntime's checks and are skipped with a warning, which changes nothing in the result
+    GS_LOGGER.severity = GS_LOGGER.ERROR if quiet else GS_LOGGER.INFO
     onnxruntime.set_default_logger_severity(3)  # the folding sessions' optimiser notes are noise here
     try:
         yield
     finally:
-        G_LOGGER.module_severity = previous
+        G_LOGGER.module_severity, GS_LOGGER.severity = previous
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

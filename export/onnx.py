@@ -164,6 +164,7 @@ def export_onnx(
     one :class:`NetworkResult` per network. ``force`` re-exports even when the cache key matches."""
     say = progress or log.info
     graph.check_opset(settings.opset)
+    graph.check_exporter(settings.exporter, settings.spec.attention)  # before anything is traced
     out, info = Path(out), inspect_checkpoint(checkpoint)
     specs, tools = build_specs(info.shapes, settings.spec), tool_versions()
     previous = _previous_manifest(out)

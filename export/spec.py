@@ -203,8 +203,14 @@ class ExportSpec:
             outputs=tuple(_tensor_from_dict(t) for t in data["outputs"]),
             axes={k: Axis(**a) for k, a in data["axes"].items()},
             trace_dims=dict(data.get("trace_dims", {})),
-            attention=data.get("attention", "onnx"),
+            attention=_attention(data.get("attention", "onnx")),
         )
+
+
+def _attention(mode: str) -> str:
+    if mode not in ATTENTION_MODES:
+        raise MindVideoError(f"expected an attention mode among {list(ATTENTION_MODES)} in the manifest", repr(mode))
+    return mode
 
 
 def _tensor_to_dict(t: TensorSpec) -> dict[str, Any]:

@@ -32,35 +32,69 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
+from mindvideo.errors import MindVideoError
+
 from .plugin import DOMAIN, OP
 
 PLUGIN_ID = f"{DOMAIN}::{OP}"
+MIN_TENSORRT, MAX_TENSORRT = (10, 9), (11, 0)  # [min, max) as (major, minor)
 _registered = False
 
 
 def fingerprint() -> str:
-    """What a plugin engine depends on beyond the graph: the kernel sources and the Triton that compiles them
-    (part of the engine cache key, so editing the kernel rebuilds plugin engines)."""
+    """What a plugin engine depends on beyond the graph (part of the engine cache key, so a change rebuilds plugin
+    engines): the sources that decide the compiled kernel and its launch, the Triton that compiles it, and the PTX
+    version it is emitted for (this machine's driver)."""
     from mindvideo import kernels
+    from mindvideo.kernels import aot
 
-    root = Path(kernels.__file__).parent
     digest = hashlib.sha256()
-    for name in ("sparse_causal.py", "aot.py"):
-        digest.update((root / name).read_bytes())
+    kernel_dir = Path(kernels.__file__).parent
+    for source in (
+        *(kernel_dir / n for n in ("sparse_causal.py", "aot.py", "checks.py", "reference.py")),
+        Path(__file__),
+    ):
+        digest.update(source.read_bytes())
     try:
         digest.update(importlib.metadata.version("triton").encode())
+        digest.update(str(aot.driver_ptx_version()).encode())
     except importlib.metadata.PackageNotFoundError:
         digest.update(b"no-triton")
     return digest.hexdigest()
 
 
-def register() -> None:
-    """Register the plugin with TensorRT's plugin registry (idempotent). Raises "TensorRT is not installed" without
-    TensorRT."""
+def tensorrt_problem(version: str) -> str | None:
+    """Why TensorRT ``version`` cannot build the plugin, or ``None``: ``tensorrt.plugin`` gained ``aot_impl`` in
+    10.9, and TensorRT 11's strongly typed networks are not handled by this package's builder."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return f"an unreadable TensorRT version {version!r}"
+    if not MIN_TENSORRT <= major_minor < MAX_TENSORRT:
+        return f"TensorRT {version}"
+    return None
+
+
+def require_plugin_tensorrt() -> Any:
+    """The ``tensorrt`` module if it can build the plugin, else :class:`MindVideoError` saying what to install."""
     from .tensorrt import require_tensorrt  # here: tensorrt.py imports this module
 
-    global _registered
     trt = require_tensorrt()
+    problem = tensorrt_problem(trt.__version__)
+    if problem:
+        raise MindVideoError(
+            "expected TensorRT 10.9–10.x for the sparse-causal plugin (tensorrt.plugin ahead-of-time kernels)",
+            problem,
+            "pip install 'tensorrt>=10.9,<11', or export with --attention onnx",
+        )
+    return trt
+
+
+def register() -> None:
+    """Register the plugin with TensorRT's plugin registry (idempotent). Raises :class:`MindVideoError` without
+    TensorRT ("TensorRT is not installed") or with a TensorRT that cannot build it."""
+    global _registered
+    trt = require_plugin_tensorrt()
     if _registered:
         return
     from typing import List, Tuple, Union  # noqa: UP035  (see the module docstring)

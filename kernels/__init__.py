@@ -15,6 +15,9 @@ backend                   priority  accepts
                                     (tests run the Triton kernels on CPU this way)
 ========================  ========  ==========================================================================
 
+``mindvideo.export`` adds ``onnx-plugin`` for the sparse-causal op (priority -100, only while exporting with
+``--attention plugin``: one TensorRT-plugin node in the graph).
+
 Importing this package never touches CUDA and never imports Triton: the Triton modules load on first use.
 """
 

@@ -85,12 +85,17 @@ def _forced_for(op: str) -> str:
 def select(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> Backend:
     """The backend that will run ``op`` on these arguments."""
     table = _BACKENDS[op]
-    name = backend or _forced_for(op) or os.environ.get(ENV_VAR, "")
+    forced = _forced_for(op)
+    name = backend or forced or os.environ.get(ENV_VAR, "")
     if name:
         if name not in table:
-            raise MindVideoError(
-                f"expected an attention backend for {op} among {backends(op)}", repr(name), f"unset {ENV_VAR}"
-            )
+            if backend:
+                fix = "pass one of those as backend="
+            elif forced:
+                fix = f"force {name!r} only for the ops that have it: use_backend({name!r}, op=...)"
+            else:
+                fix = f"unset {ENV_VAR} or set it to one of those"
+            raise MindVideoError(f"expected an attention backend for {op} among {backends(op)}", repr(name), fix)
         chosen = table[name]
         if not chosen.supports(*args, **kwargs):
             raise MindVideoError(

@@ -131,6 +131,10 @@ def export(
 
     onnx_precision, onnx_vae = _graph_precisions(fmt, precision, vae_precision)
     builds = _trt_preflight(fmt, precision, vae_precision, opt_level, workspace_gib) if fmt == "trt" else None
+    if fmt == "trt" and attention == "plugin":
+        from mindvideo.export.trt_plugin import require_plugin_tensorrt
+
+        require_plugin_tensorrt()  # before the ONNX export: a too old or too new TensorRT is known now
     spec = SpecOptions(
         precision=onnx_precision,
         vae_precision=onnx_vae,

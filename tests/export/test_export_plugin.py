@@ -23,7 +23,7 @@ from mindvideo.export import load_export, plugin
 from mindvideo.export.cache import BuildConfig, Target, engine_key
 from mindvideo.export.modules import network_module
 from mindvideo.export.verify import compare, ort_session, run_ort, run_torch
-from mindvideo.kernels.reference import FIRST_FRAME, encode_offsets, sparse_causal_reference
+from mindvideo.kernels.reference import encode_offsets, sparse_causal_reference
 from mindvideo.models.attention import VideoTransformerBlock
 
 
@@ -129,9 +129,33 @@ def test_function_equals_the_reference_for_any_offsets(offsets, dtype):
         np.testing.assert_allclose(got.astype(np.float32), want, atol=1e-6 if dtype == np.float32 else 2e-3)
 
 
-def test_first_frame_encoding_clamps_to_frame_zero():
-    assert encode_offsets((None, -1)) == (FIRST_FRAME, -1)
-    assert FIRST_FRAME + 10_000 < 0  # any real frame index plus the sentinel still clamps to 0
+def test_export_context_writes_reference_attention_unless_the_plugin_is_asked_for(monkeypatch):
+    """The default export traces the reference attention for both video attentions (its fp32 casts and the pattern
+    TensorRT fuses), whatever MINDVIDEO_ATTENTION_BACKEND says; the plugin mode changes only the sparse-causal op."""
+    from mindvideo import kernels
+    from mindvideo.export.graph import export_context
+
+    q = torch.randn(4, 2, 8, 16)
+    sparse, temporal = ("sparse_causal_attention", q, q, q, 2), ("temporal_attention", q, q, q)
+    monkeypatch.setenv("MINDVIDEO_ATTENTION_BACKEND", "sdpa")
+    with export_context():
+        assert kernels.select(*sparse).name == "reference"
+        assert kernels.select(*temporal).name == "reference"
+    with export_context("plugin"):
+        assert kernels.select(*temporal).name == "reference"
+        with pytest.raises(Exception, match="does not accept"):  # the plugin node exists only inside an ONNX export
+            kernels.select(*sparse)
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"),
+    [("10.9.0.34", True), ("10.13.2", True), ("10.8.0", False), ("10.3.1", False), ("11.1.0", False)],
+)
+def test_tensorrt_versions_that_can_build_the_plugin(version, ok):
+    from mindvideo.export.trt_plugin import tensorrt_problem
+
+    assert (tensorrt_problem(version) is None) == ok
+    assert tensorrt_problem("ten.nine") is not None
 
 
 def test_plugin_with_the_dynamo_exporter_exits_2(export_ckpt, tmp_path):
@@ -140,6 +164,7 @@ def test_plugin_with_the_dynamo_exporter_exits_2(export_ckpt, tmp_path):
         "export", "--checkpoint", export_ckpt, "--out", out, "--attention", "plugin", "--exporter", "dynamo"
     )
     assert result.exit_code == 2 and "--exporter torchscript" in result.output
+    assert "exporting" not in result.output  # refused before anything was traced
     assert "Traceback" not in result.output and not out.exists()
 
 
