@@ -13,15 +13,20 @@ The loop lives in three layers, each importable without a GPU:
 
 from __future__ import annotations
 
-from .sampler import fused_update, get_sampler, implementation, run_loop
-from .schedule import SamplingPlan, StepCoefficients, make_plan
+if __name__ == "mindvideo.engine":
+    from .sampler import fused_update, get_sampler, implementation, run_loop
+    from .schedule import SamplingPlan, StepCoefficients, make_plan
 
-__all__ = [
-    "SamplingPlan",
-    "StepCoefficients",
-    "fused_update",
-    "get_sampler",
-    "implementation",
-    "make_plan",
-    "run_loop",
-]
+    __all__ = [
+        "SamplingPlan",
+        "StepCoefficients",
+        "fused_update",
+        "get_sampler",
+        "implementation",
+        "make_plan",
+        "run_loop",
+    ]
+else:  # the folder imported by its bare name from the repo root: hand over to the installed 'engine' (if any)
+    from mindvideo._bare_names import hand_over
+
+    hand_over(__name__, __file__)

@@ -22,45 +22,50 @@ records), :mod:`.tensorrt` (engine builds; needs ``mindvideo[gpu]``).
 
 from __future__ import annotations
 
-from .cache import BuildConfig, EngineCache, EngineRecord, Target, check_record, engine_key, load_engine
-from .manifest import ExportedModel, check_onnx_file, load_export, read_manifest
-from .modules import VAEDecoderForExport, load_network, network_module
-from .onnx import ExportResult, ExportSettings, NetworkResult, export_onnx, inspect_checkpoint
-from .spec import NETWORKS, Axis, ExportSpec, NetworkShapes, SpecOptions, TensorSpec, build_specs
-from .tensorrt import build_engines, current_target, engine_for, require_tensorrt
-from .verify import TOLERANCE, VerificationError
+if __name__ == "mindvideo.export":
+    from .cache import BuildConfig, EngineCache, EngineRecord, Target, check_record, engine_key, load_engine
+    from .manifest import ExportedModel, check_onnx_file, load_export, read_manifest
+    from .modules import VAEDecoderForExport, load_network, network_module
+    from .onnx import ExportResult, ExportSettings, NetworkResult, export_onnx, inspect_checkpoint
+    from .spec import NETWORKS, Axis, ExportSpec, NetworkShapes, SpecOptions, TensorSpec, build_specs
+    from .tensorrt import build_engines, current_target, engine_for, require_tensorrt
+    from .verify import TOLERANCE, VerificationError
 
-__all__ = [
-    "NETWORKS",
-    "TOLERANCE",
-    "Axis",
-    "BuildConfig",
-    "EngineCache",
-    "EngineRecord",
-    "ExportResult",
-    "ExportSettings",
-    "ExportSpec",
-    "ExportedModel",
-    "NetworkResult",
-    "NetworkShapes",
-    "SpecOptions",
-    "Target",
-    "TensorSpec",
-    "VAEDecoderForExport",
-    "VerificationError",
-    "build_engines",
-    "build_specs",
-    "check_onnx_file",
-    "check_record",
-    "current_target",
-    "engine_for",
-    "engine_key",
-    "export_onnx",
-    "inspect_checkpoint",
-    "load_engine",
-    "load_export",
-    "load_network",
-    "network_module",
-    "read_manifest",
-    "require_tensorrt",
-]
+    __all__ = [
+        "NETWORKS",
+        "TOLERANCE",
+        "Axis",
+        "BuildConfig",
+        "EngineCache",
+        "EngineRecord",
+        "ExportResult",
+        "ExportSettings",
+        "ExportSpec",
+        "ExportedModel",
+        "NetworkResult",
+        "NetworkShapes",
+        "SpecOptions",
+        "Target",
+        "TensorSpec",
+        "VAEDecoderForExport",
+        "VerificationError",
+        "build_engines",
+        "build_specs",
+        "check_onnx_file",
+        "check_record",
+        "current_target",
+        "engine_for",
+        "engine_key",
+        "export_onnx",
+        "inspect_checkpoint",
+        "load_engine",
+        "load_export",
+        "load_network",
+        "network_module",
+        "read_manifest",
+        "require_tensorrt",
+    ]
+else:  # the folder imported by its bare name from the repo root: hand over to the installed 'export' (if any)
+    from mindvideo._bare_names import hand_over
+
+    hand_over(__name__, __file__)
