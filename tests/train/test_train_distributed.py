@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from mindvideo.train.tracking import read_metrics
 # enlarges it for the few weights whose gradient is near zero. Outputs and losses match to TOLERANCE, weights to
 # WEIGHT_ATOL (a tenth of one Adam step at lr 1e-3).
 TOLERANCE, WEIGHT_ATOL = 2e-5, 1e-4
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -52,7 +54,8 @@ def _torchrun(stage: str, data, out, overrides: dict) -> None:
         *sets,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # from the repo root, as a user runs it: the root is then first on sys.path (no top-level folder may shadow)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
