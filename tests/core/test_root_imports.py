@@ -32,8 +32,7 @@ def _installed(name: str) -> bool:
 
 
 def test_diffusers_models_import_from_the_root():
-    code = "from diffusers import AutoencoderKL, UNet2DConditionModel\nfrom mindvideo.pipeline import MindVideoPipeline"
-    result = _run("-c", code)
+    result = _run("-c", "from diffusers import AutoencoderKL, UNet2DConditionModel; import mindvideo.pipeline")
     assert result.returncode == 0, result.stderr[-2000:]
 
 
