@@ -116,7 +116,10 @@ def load_unet(path: str | Path, **overrides: Any) -> VideoUNet:
     config = _read_unet_config(folder / "config.json", overrides)
     model = VideoUNet(config)
     source = find_weights(folder)
-    load_into(model, read_state_dict(source), source, optional=("attn_temp.", "norm_temp."))
+    optional = ("attn_temp.", "norm_temp.")
+    if overrides.get("guidance_embedding") and not read_json(folder / "config.json").get("guidance_embedding"):
+        optional += ("guidance_embedding.",)  # a teacher loaded as a fresh student: zero-output embedding
+    load_into(model, read_state_dict(source), source, optional=optional)
     return model
 
 

@@ -15,12 +15,13 @@ import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-SCHEDULERS = ("ddim", "dpm", "euler")
+SCHEDULERS = ("ddim", "dpm", "euler", "lcm")
 
 
 def make_scheduler(config: dict[str, Any], kind: str = "ddim"):
-    """A diffusers scheduler built from a checkpoint's scheduler config: DDIM, DPM-Solver++(2M) or Euler."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    """A diffusers scheduler built from a checkpoint's scheduler config: DDIM, DPM-Solver++(2M), Euler or LCM's
+    multistep consistency sampler (for a consistency-distilled student)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
 
     base = {k: v for k, v in config.items() if not k.startswith("_")}
     if kind == "ddim":
@@ -29,6 +30,8 @@ def make_scheduler(config: dict[str, Any], kind: str = "ddim"):
         return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2)
     if kind == "euler":
         return EulerDiscreteScheduler.from_config(base)
+    if kind == "lcm":
+        return LCMScheduler.from_config(base)
     raise ValueError(f"unknown scheduler {kind!r}; expected one of {SCHEDULERS}")
 
 
@@ -37,6 +40,16 @@ def initial_latents(shape: tuple[int, ...], seed: int, init_noise_sigma: float) 
     on the CPU whatever the device, so a seed gives the same video everywhere."""
     generator = torch.Generator("cpu").manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=torch.float32) * init_noise_sigma
+
+
+def step_noise(generator: torch.Generator, shape: tuple[int, ...], steps: int) -> torch.Tensor:
+    """The re-noising noise of a stochastic multistep sampler (LCM): ``(steps − 1, *shape)`` fp32, CPU.
+
+    Draw ``i`` is ``randn(shape, generator=generator, dtype=float32)``, drawn in step order from the generator that
+    drew the initial latents (the last step adds no noise), exactly what passing ``generator`` to
+    ``LCMScheduler.step`` draws; precomputed, it fills the static noise buffers of the engine loops."""
+    draws = [torch.randn(shape, generator=generator, dtype=torch.float32) for _ in range(max(steps - 1, 0))]
+    return torch.stack(draws) if draws else torch.empty((0, *shape), dtype=torch.float32)
 
 
 @torch.no_grad()

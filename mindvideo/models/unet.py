@@ -10,6 +10,11 @@ and of ``conv_norm_out`` run on the 5-D video tensor, so their statistics pool a
 two agree, and so does the whole network with diffusers' ``UNet2DConditionModel``.
 
 State-dict keys equal diffusers' ``UNet2DConditionModel`` plus ``attn_temp.*`` / ``norm_temp.*``.
+
+A *student* (``guidance_embedding=True``, see :mod:`mindvideo.train.stages.distill`) also takes the guidance scale
+g as an input (Meng et al. CVPR 2023, guidance distillation; the w-embedding of LCM, Luo et al. 2023): g·1000 gets
+the sinusoidal embedding of a timestep and its own MLP (``guidance_embedding.*``, last layer zero-initialised), added
+to the time embedding. A fresh student therefore equals its teacher's conditional model for every g.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mindvideo.config import Config
+from mindvideo.errors import MindVideoError
 from mindvideo.models.attention import VideoTransformer
 
 CROSS_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock3D")
@@ -33,7 +39,8 @@ MID = ("UNetMidBlock2DCrossAttn", "UNetMidBlock3DCrossAttn")
 
 @dataclasses.dataclass
 class VideoUNetConfig(Config):
-    """The diffusers ``UNet2DConditionModel`` config keys we support, plus the video settings (last three)."""
+    """The diffusers ``UNet2DConditionModel`` config keys we support, the video settings (``frame_offsets``,
+    ``temporal_attention``, ``video_norm``) and the student settings (last three; off for a teacher)."""
 
     sample_size: int = 64
     in_channels: int = 4
@@ -57,6 +64,11 @@ class VideoUNetConfig(Config):
     frame_offsets: tuple[int | None, ...] = (-2, -1)
     temporal_attention: bool = True
     video_norm: str = "video"
+    # a distilled student: takes g (``forward(..., guidance=g)``), was trained for g in guidance_range, and samples
+    # only with the named schedulers (None: any, as a teacher)
+    guidance_embedding: bool = False
+    guidance_range: tuple[float, float] | None = None
+    schedulers: tuple[str, ...] | None = None
 
     @classmethod
     def sd15(cls) -> VideoUNetConfig:
@@ -91,6 +103,20 @@ class VideoUNetConfig(Config):
             raise ValueError(f"unsupported mid block {self.mid_block_type!r}; expected {MID}")
         if self.video_norm not in ("video", "frame"):
             raise ValueError(f"video_norm must be 'video' or 'frame', got {self.video_norm!r}")
+        self._validate_student()
+
+    def _validate_student(self) -> None:
+        from mindvideo.sampling import SCHEDULERS
+
+        if self.guidance_range is not None:
+            if not self.guidance_embedding:
+                raise ValueError("guidance_range is set but guidance_embedding is False (only a student has one)")
+            if len(self.guidance_range) != 2 or not 0 < self.guidance_range[0] <= self.guidance_range[1]:
+                raise ValueError(f"guidance_range must be (low, high) with 0 < low <= high, got {self.guidance_range}")
+        if self.schedulers is not None:
+            bad = [k for k in self.schedulers if k not in SCHEDULERS]
+            if bad or not self.schedulers:
+                raise ValueError(f"schedulers must be a non-empty subset of {SCHEDULERS}, got {self.schedulers}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, shift: float) -> torch.Tensor:
@@ -247,6 +273,10 @@ class VideoUNet(nn.Module):
         # 1. input, time embedding
         self.conv_in = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(chans[0], temb)
+        if cfg.guidance_embedding:
+            self.guidance_embedding = TimestepEmbedding(chans[0], temb)
+            nn.init.zeros_(self.guidance_embedding.linear_2.weight)  # zero output: a fresh student = its teacher
+            nn.init.zeros_(self.guidance_embedding.linear_2.bias)
         # 2. down path; record the skip channels the up path will pop
         skips = [chans[0]]
         self.down_blocks = nn.ModuleList()
@@ -274,16 +304,22 @@ class VideoUNet(nn.Module):
         self.conv_out = nn.Conv2d(chans[0], cfg.out_channels, 3, padding=1)
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+        guidance: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """Predict the noise of a latent video. ``sample`` (B, C, F, h, w), ``timestep`` scalar or (B,),
-        ``encoder_hidden_states`` (B, L, D) → (B, C_out, F, h, w)."""
+        ``encoder_hidden_states`` (B, L, D), ``guidance`` (students only) g scalar or (B,) → (B, C_out, F, h, w)."""
         b, c, f, h, w = sample.shape
         cfg, video = self.config, self.config.video_norm == "video"
-        # 1. time embedding, one row per frame
+        # 1. time (+ guidance) embedding, one row per frame
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         emb = self.time_embedding(emb.to(sample.dtype))
+        if cfg.guidance_embedding or guidance is not None:
+            emb = emb + self._guidance_embedding(guidance, b, sample)  # students only: teachers' graphs unchanged
         emb = emb[:, None].expand(b, f, -1).reshape(b * f, -1)  # (B·F, T): frame-major rows, like x
         # 2. frames into the batch
         x = self.conv_in(sample.transpose(1, 2).reshape(b * f, c, h, w))  # (B·F, C0, h, w)
@@ -302,6 +338,41 @@ class VideoUNet(nn.Module):
         # 6. output
         x = self.conv_out(F.silu(norm(x, self.conv_norm_out, f, video)))
         return x.reshape(b, f, -1, h, w).transpose(1, 2)  # (B, C_out, F, h, w)
+
+    def _guidance_embedding(self, guidance: torch.Tensor | float | None, b: int, sample: torch.Tensor) -> torch.Tensor:
+        """(B, T) embedding of g·1000 (LCM's w-embedding) for a student; refuses a missing ``guidance`` on a student
+        and any ``guidance`` on a teacher."""
+        if not self.config.guidance_embedding and guidance is not None:
+            raise MindVideoError(
+                "expected no guidance input for a teacher UNet (guidance_embedding is off)",
+                f"guidance={guidance!r}" if not isinstance(guidance, torch.Tensor) else "a guidance tensor",
+                "use the two-pass guided loop (cond = [negative; positive]) or a distilled student",
+            )
+        if guidance is None:
+            raise MindVideoError(
+                "expected a guidance input g for a student UNet (guidance_embedding is on)",
+                "guidance=None",
+                "pass guidance=g (a float or a (B,) tensor) with only the positive condition",
+            )
+        g = torch.as_tensor(guidance, device=sample.device, dtype=torch.float32).reshape(-1).expand(b)
+        cfg = self.config
+        emb = timestep_embedding(g * 1000.0, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        return self.guidance_embedding(emb.to(sample.dtype))
+
+    @classmethod
+    def student_of(cls, teacher: VideoUNet, **changes) -> VideoUNet:
+        """A fresh student with the teacher's weights and a zero-output guidance embedding (equal to the teacher's
+        conditional model for every g); ``changes`` set e.g. ``guidance_range`` and ``schedulers``."""
+        if teacher.config.guidance_embedding:
+            raise MindVideoError(
+                "expected a teacher UNet (guidance_embedding off) to initialise a student from",
+                "a UNet that is already a student",
+                "distil from the trained video model (the cotrain checkpoint)",
+            )
+        student = cls(teacher.config.replace(guidance_embedding=True, **changes)).to(teacher.device, teacher.dtype)
+        missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("guidance_embedding.") for k in missing), (missing, unexpected)
+        return student
 
     @property
     def dtype(self) -> torch.dtype:
