@@ -2,7 +2,9 @@
 
 encode (fMRI encoder, positive and negative windows) → guided denoising of ``(B, 4, F, h, w)`` latents with the
 video UNet → VAE decode per frame, in chunks. Matches the reference pipeline step for step (noise convention,
-guidance order, VAE scaling), so the same checkpoint, seed and settings give the same video.
+guidance order, VAE scaling), so the same checkpoint, seed and settings give the same video. A distilled student
+(its UNet config has ``guidance_embedding``) encodes only the positive windows and runs one UNet pass per step with
+the guidance scale as an input, with the schedulers its config names (e.g. 4 LCM steps).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 from mindvideo.checkpoint import load_components
 from mindvideo.errors import MindVideoError
 from mindvideo.models import FMRIEncoder, VideoUNet
-from mindvideo.sampling import SCHEDULERS, guided_sample, initial_latents, make_scheduler
+from mindvideo.sampling import SCHEDULERS, guided_sample, initial_noise, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +110,16 @@ class MindVideoPipeline:
         neg = self.fmri_encoder(negative_fmri.to(device, dtype))
         return torch.cat([neg.expand_as(cond) if neg.shape[0] == 1 else neg, cond])
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The backend seam: eager PyTorch UNet."""
-        return self.unet(x.to(self.unet.dtype), t, cond)
+    def denoise(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The backend seam: eager PyTorch UNet (``guidance``: the (B,) g input of a student)."""
+        return self.unet(x.to(self.unet.dtype), t, cond, guidance=guidance)
+
+    @property
+    def is_student(self) -> bool:
+        """A distilled student: one UNet pass per step, g as an input, only the positive condition."""
+        return bool(self.unet.config.guidance_embedding)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -125,9 +134,11 @@ class MindVideoPipeline:
     # ------------------------------------------------------------------------------------------------ the call
 
     def check_generation(self, cfg: GenerationConfig) -> tuple[int, int]:
-        """Validated (height, width) for ``cfg``."""
+        """Validated (height, width) for ``cfg`` (and the scheduler and g for a student, :func:`check_student`)."""
         default = self.unet.config.sample_size * self.vae_scale_factor
-        return generation_size(cfg, (default, default), self.vae_scale_factor)
+        size = generation_size(cfg, (default, default), self.vae_scale_factor)
+        check_student(self.unet.config, cfg.scheduler, cfg.guidance_scale)
+        return size
 
     @torch.no_grad()
     def __call__(
@@ -154,10 +165,12 @@ class MindVideoPipeline:
         neg = None if negative_fmri is None else self.check_fmri(negative_fmri, "negative fMRI")
         if neg is not None:
             check_negative_rows(neg.shape[0], x.shape[0])
-        guided = cfg.guidance_scale > 1.0
-        # 1. conditions
+            if self.is_student:
+                log.warning("a distilled student ignores the negative fMRI: its negative was fixed at distillation")
+        guided = cfg.guidance_scale > 1.0 and not self.is_student
+        # 1. conditions (a student: the positive ones only)
         cond = self.encode(x, neg, guided)
-        # 2. noise (reference convention), guided denoising
+        # 2. noise (reference convention; LCM's step noise from the same generator), guided denoising
         scheduler = make_scheduler(self.scheduler_config, cfg.scheduler)
         shape = (
             x.shape[0],
@@ -166,8 +179,10 @@ class MindVideoPipeline:
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
-        latents = initial_latents(shape, cfg.seed, float(scheduler.init_noise_sigma)).to(self.device, cond.dtype)
-        generator = torch.Generator("cpu").manual_seed(cfg.seed + 1) if cfg.eta > 0 else None
+        latents, generator = initial_noise(shape, cfg.seed, float(scheduler.init_noise_sigma))
+        latents = latents.to(self.device, cond.dtype)
+        if cfg.scheduler != "lcm":
+            generator = torch.Generator("cpu").manual_seed(cfg.seed + 1) if cfg.eta > 0 else None
         with tqdm(total=cfg.num_inference_steps, desc="denoising", disable=not progress, leave=False) as bar:
             latents = guided_sample(
                 self.denoise,
@@ -179,6 +194,7 @@ class MindVideoPipeline:
                 eta=cfg.eta,
                 generator=generator,
                 progress=bar.update,
+                single_pass=self.is_student,
             )
         # 3. decode per frame
         video = self.decode(latents, cfg.decode_chunk)
@@ -204,6 +220,25 @@ def generation_size(cfg: GenerationConfig, default: tuple[int, int], factor: int
     if cfg.scheduler not in SCHEDULERS:
         raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
     return height, width
+
+
+def check_student(unet_config, scheduler: str, guidance: float) -> None:
+    """A UNet that names its ``schedulers`` (a distilled student) refuses others; a student warns for a guidance
+    scale outside the ``guidance_range`` it was trained on (its output there is an extrapolation)."""
+    allowed = unet_config.schedulers
+    if allowed is not None and scheduler not in allowed:
+        raise MindVideoError(
+            f"expected a scheduler among {list(allowed)} (the ones this distilled UNet was trained for)",
+            repr(scheduler),
+            f"pass --scheduler {allowed[0]}" + (" with few steps (e.g. --steps 4)" if allowed[0] == "lcm" else ""),
+        )
+    low_high = unet_config.guidance_range
+    if unet_config.guidance_embedding and low_high is not None and not low_high[0] <= guidance <= low_high[1]:
+        log.warning(
+            "guidance scale %g is outside the range [%g, %g] this student was distilled for; expect poorer videos",
+            guidance,
+            *low_high,
+        )
 
 
 def check_negative_rows(rows: int, inputs: int) -> None:

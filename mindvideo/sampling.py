@@ -2,7 +2,13 @@
 
 ``denoise(x, t, cond) -> eps`` is the one seam every backend implements (eager torch, ONNX Runtime, TensorRT): ``x``
 is the scaled model input ``(2B, 4, F, h, w)``, ``t`` the timestep, ``cond`` the stacked conditions
-``(2B, L, D)`` = [negative; positive]. Scheduler maths comes from diffusers' schedulers.
+``(2B, L, D)`` = [negative; positive]. A distilled student (``guidance_embedding``) runs one pass per step instead:
+``denoise(x, t, cond, guidance)`` with ``x`` ``(B, 4, F, h, w)``, only the positive ``cond`` ``(B, L, D)`` and the
+guidance scale as a ``(B,)`` fp32 input. Scheduler maths comes from diffusers' schedulers.
+
+Noise convention (every path: this loop, the engine's loops): one CPU generator seeded with the seed draws the
+initial latents, then — for LCM's stochastic multistep sampling — the re-noising noise of steps 0 … S−2, in order
+(:func:`step_noise`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 
 import torch
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Denoiser = Callable[..., torch.Tensor]  # (x, t, cond) -> eps, or (x, t, cond, guidance) -> eps for a student
 
 SCHEDULERS = ("ddim", "dpm", "euler", "lcm")
 
@@ -38,8 +44,13 @@ def make_scheduler(config: dict[str, Any], kind: str = "ddim"):
 def initial_latents(shape: tuple[int, ...], seed: int, init_noise_sigma: float) -> torch.Tensor:
     """The reference noise convention: ``randn(shape, generator=Generator("cpu").manual_seed(seed))·σ_init``, fp32
     on the CPU whatever the device, so a seed gives the same video everywhere."""
+    return initial_noise(shape, seed, init_noise_sigma)[0]
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, init_noise_sigma: float) -> tuple[torch.Tensor, torch.Generator]:
+    """:func:`initial_latents` and the generator that drew them, positioned for the step noise (:func:`step_noise`)."""
     generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32) * init_noise_sigma
+    return torch.randn(shape, generator=generator, dtype=torch.float32) * init_noise_sigma, generator
 
 
 def step_noise(generator: torch.Generator, shape: tuple[int, ...], steps: int) -> torch.Tensor:
@@ -64,22 +75,33 @@ def guided_sample(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    single_pass: bool = False,
 ) -> torch.Tensor:
     """Classifier-free (adversarial) guidance: ``eps = eps_neg + g·(eps_pos − eps_neg)``, then ``scheduler.step``.
 
-    ``cond`` is ``(2B, L, D)`` = [negative; positive] when ``guidance_scale > 1``, else ``(B, L, D)``.
-    Returns the final latents ``(B, 4, F, h, w)`` in ``latents``' dtype.
+    ``cond`` is ``(2B, L, D)`` = [negative; positive] when ``guidance_scale > 1``, else ``(B, L, D)``. With
+    ``single_pass`` (a guidance-distilled student) ``cond`` is the positive ``(B, L, D)`` and g goes to the denoiser
+    as an input. ``generator`` draws DDIM's η-noise, or LCM's re-noising noise (then it must be the generator that
+    drew ``latents``, see :func:`initial_noise`). Returns the final latents ``(B, 4, F, h, w)`` in ``latents``' dtype.
     """
-    guided = guidance_scale > 1.0
+    guided = guidance_scale > 1.0 and not single_pass
+    lcm = type(scheduler).__name__ == "LCMScheduler"
+    if lcm and generator is None:
+        raise ValueError("LCM sampling needs the generator that drew the initial latents (see initial_noise)")
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     step_kwargs = _step_kwargs(scheduler, eta, generator)
+    g = torch.full((latents.shape[0],), float(guidance_scale), dtype=torch.float32, device=latents.device)
     for t in scheduler.timesteps:
         x = torch.cat([latents, latents]) if guided else latents
-        eps = denoise(scheduler.scale_model_input(x, t), t, cond).to(latents.dtype)
+        x = scheduler.scale_model_input(x, t)
+        eps = (denoise(x, t, cond, g) if single_pass else denoise(x, t, cond)).to(latents.dtype)
         if guided:
             eps_neg, eps_pos = eps.chunk(2)
             eps = eps_neg + guidance_scale * (eps_pos - eps_neg)
-        latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+        if lcm:  # fp32 step: the step noise is drawn in fp32 whatever the model dtype (the noise convention)
+            latents = scheduler.step(eps.float(), t, latents.float(), **step_kwargs).prev_sample.to(latents.dtype)
+        else:
+            latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         if progress is not None:
             progress(1)
     return latents
