@@ -41,7 +41,7 @@ packages, package_dir = _packages()
 
 class OptionalBuildExt(build_ext):
     """Build the C sampling loop when a compiler is there; otherwise warn and keep going (the engine then uses its
-    pure-Python twin, ``mindvideo.engine.loop``), so an install never breaks on a missing compiler."""
+    pure-Python twin, ``mindvideo.engine.host_loop_numpy``), so an install never breaks on a missing compiler."""
 
     def run(self) -> None:
         try:
@@ -59,7 +59,7 @@ class OptionalBuildExt(build_ext):
 
 
 # optional=True: setuptools skips a failed extension when copying in place / collecting editable outputs
-ext_modules = [Extension("mindvideo.engine._sampler", sources=["engine/csrc/sampler.c"], optional=True)]
+ext_modules = [Extension("mindvideo.engine._host_loop", sources=["engine/csrc/host_loop.c"], optional=True)]
 
 setup(
     name="mindvideo",

@@ -3,11 +3,11 @@
 For each latent shape and step kind (DDIM guided; DDIM η > 0 with noise; DPM-Solver++(2M) guided with its state
 buffer) it times, interleaved in one run so machine load hits every contender alike:
 
-- ``c``: ``mindvideo.engine._sampler.fused_update`` (one pass, float64 maths, GIL released);
-- ``numpy_twin``: ``mindvideo.engine.loop.fused_update`` (the pure-Python twin, same float64 maths);
+- ``c``: ``mindvideo.engine._host_loop.fused_update`` (one pass, float64 maths, GIL released);
+- ``numpy_twin``: ``mindvideo.engine.host_loop_numpy.fused_update`` (the pure-Python twin, same float64 maths);
 - ``numpy_f32`` / ``torch_f32``: the update written the usual way, ``eps = neg + g·(pos − neg)`` then the step,
   as float32 array expressions (what a per-step Python loop over ``scheduler.step`` costs at best);
-- ``torch_twin``: ``mindvideo.engine.fused_update.fused_update_torch`` (the torch reference, float64 maths).
+- ``torch_twin``: ``mindvideo.engine.device_update.fused_update_torch`` (the torch reference, float64 maths).
 
 Reports the median time per update, effective bandwidth, and each contender's time over C's, and writes
 ``benchmarks/results/fused_update-<host>.json`` (device, commit, command, date, load). Example::
@@ -32,8 +32,8 @@ import torch
 
 from mindvideo.benchmarks.provenance import provenance
 from mindvideo.engine import StepCoefficients, loop
-from mindvideo.engine.fused_update import fused_update_torch
-from mindvideo.engine.sampler import IMPLEMENTATIONS
+from mindvideo.engine.device_update import fused_update_torch
+from mindvideo.engine.host_loop import IMPLEMENTATIONS
 
 SHAPES = {  # (B, C, F, h, w): 60 frames = one 2-s TR at 30 FPS, 256² and 512² frames
     "2x4x60x32x32": (2, 4, 60, 32, 32),

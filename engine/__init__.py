@@ -4,24 +4,24 @@ The loop lives in three layers, each importable without a GPU:
 
 - :mod:`mindvideo.engine.schedule`: :func:`make_plan` unrolls a diffusers scheduler (DDIM, DPM-Solver++(2M), Euler)
   into a :class:`SamplingPlan` of per-step coefficients of one fused guidance + update.
-- :mod:`mindvideo.engine.sampler`: :func:`run_loop` / :func:`fused_update` over float32 host buffers, in C
-  (``engine/csrc/sampler.c``, GIL released around the maths) with a numpy twin (:mod:`mindvideo.engine.loop`) used
-  when the extension is not built.
-- :mod:`mindvideo.engine.fused_update`: the same update on torch tensors, as one Triton kernel on CUDA with a torch
+- :mod:`mindvideo.engine.host_loop`: :func:`run_loop` / :func:`fused_update` over float32 host buffers, in C
+  (``engine/csrc/host_loop.c``, GIL released around the maths) or, when the extension is not built, its numpy twin
+  :mod:`mindvideo.engine.host_loop_numpy`.
+- :mod:`mindvideo.engine.device_update`: the same update on torch tensors, as one Triton kernel on CUDA with a torch
   fallback (Triton is imported lazily).
 """
 
 from __future__ import annotations
 
 if __name__ == "mindvideo.engine":
-    from .sampler import fused_update, get_sampler, implementation, run_loop
+    from .host_loop import fused_update, get_host_loop, implementation, run_loop
     from .schedule import SamplingPlan, StepCoefficients, make_plan
 
     __all__ = [
         "SamplingPlan",
         "StepCoefficients",
         "fused_update",
-        "get_sampler",
+        "get_host_loop",
         "implementation",
         "make_plan",
         "run_loop",

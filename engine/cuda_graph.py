@@ -2,7 +2,7 @@
 
 :class:`GraphedLoop` owns static device buffers for one (batch, frames, resolution, steps, scheduler) configuration
 — the latents, the guided model input, the conditions, the solver state, every step's timesteps and the fused
-update's parameter rows (:func:`mindvideo.engine.triton_update.plan_parameters`) — and captures all S steps of
+update's parameter rows (:func:`mindvideo.engine.device_update_triton.plan_parameters`) — and captures all S steps of
 ``UNet([x; x]·s_i, t_i, cond) → guidance + scheduler update`` (the Triton kernel) into one ``torch.cuda.CUDAGraph``.
 A clip is then: copy noise and conditions in, one ``replay()``, copy latents out. Each captured step reads its own
 precomputed timestep and parameter row, so the replay needs nothing from the host.
@@ -24,7 +24,7 @@ import torch
 
 from mindvideo.errors import MindVideoError
 
-from .fused_update import fused_update_tensor
+from .device_update import fused_update_tensor
 from .schedule import SamplingPlan
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class GraphedLoop:
         self.timesteps = t[:, None].expand(-1, rows).contiguous().to(self.device)  # (S, rows): one buffer per step
         self.params = None
         if self.device.type == "cuda":
-            from .triton_update import plan_parameters
+            from .device_update_triton import plan_parameters
 
             self.params = plan_parameters(plan, guidance_scale, self.device)  # (S, 8) float64, uploaded once
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -79,7 +79,7 @@ class GraphedLoop:
         eps_pos, eps_neg = (eps[b:], eps[:b]) if self.guided else (eps, None)
         coefficients = self.plan.coefficients[i].tolist()
         if self.params is not None:
-            from .triton_update import launch_fused_update
+            from .device_update_triton import launch_fused_update
 
             launch_fused_update(
                 self.x, eps_pos, eps_neg, self.guidance, coefficients, self.state, params=self.params[i]

@@ -19,7 +19,7 @@ from mindvideo.pipeline import GenerationConfig, check_fmri, check_negative_rows
 from mindvideo.sampling import SCHEDULERS, initial_latents, make_scheduler
 
 from .backends import check_profile
-from .sampler import run_loop
+from .host_loop import run_loop
 from .schedule import make_plan
 
 log = logging.getLogger(__name__)

@@ -6,12 +6,12 @@ from types import ModuleType
 
 import pytest
 
-from mindvideo.engine import sampler as engine_sampler
+from mindvideo.engine import host_loop
 
 
 @pytest.fixture(params=["c", "python"])
 def sampler(request) -> ModuleType:
-    """``mindvideo.engine._sampler`` or ``mindvideo.engine.loop`` (same API)."""
-    if request.param not in engine_sampler.IMPLEMENTATIONS:
-        pytest.skip("the C extension mindvideo.engine._sampler is not built (pip install -e . with a C compiler)")
-    return engine_sampler.IMPLEMENTATIONS[request.param]
+    """``mindvideo.engine._host_loop`` or ``mindvideo.engine.host_loop_numpy`` (same API)."""
+    if request.param not in host_loop.IMPLEMENTATIONS:
+        pytest.skip("the C extension mindvideo.engine._host_loop is not built (pip install -e . with a C compiler)")
+    return host_loop.IMPLEMENTATIONS[request.param]

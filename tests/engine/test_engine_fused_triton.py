@@ -14,8 +14,8 @@ import torch
 from engine_testing import SCHEDULERS
 
 from mindvideo.engine import StepCoefficients, make_plan
-from mindvideo.engine import loop as numpy_twin
-from mindvideo.engine.fused_update import fused_update_tensor, fused_update_torch
+from mindvideo.engine import host_loop_numpy as numpy_twin
+from mindvideo.engine.device_update import fused_update_tensor, fused_update_torch
 from mindvideo.errors import MindVideoError
 
 SHAPE = (2, 4, 3, 7, 9)  # 1512 elements: a partial last block
@@ -30,12 +30,12 @@ CASES = {  # name -> (coefficients, guided, eps dtype)
 
 @pytest.fixture(scope="module")
 def triton_update():
-    """:mod:`mindvideo.engine.triton_update`, with its kernel interpreted when there is no GPU."""
+    """:mod:`mindvideo.engine.device_update_triton`, with its kernel interpreted when there is no GPU."""
     pytest.importorskip("triton")
     with pytest.MonkeyPatch.context() as mp:
         if not torch.cuda.is_available():
             mp.setenv("TRITON_INTERPRET", "1")  # read when @triton.jit runs, i.e. at (re)import
-        import mindvideo.engine.triton_update as module
+        import mindvideo.engine.device_update_triton as module
 
         yield importlib.reload(module)
 
@@ -122,7 +122,7 @@ def test_cpu_tensors_use_torch_and_import_never_loads_triton():
     fused_update_tensor(a["x"], a["eps_pos"], a["eps_neg"], 7.5, CASES["ddim_guided"][0])
     fused_update_torch(b["x"], b["eps_pos"], b["eps_neg"], 7.5, CASES["ddim_guided"][0])
     torch.testing.assert_close(a["x"], b["x"], rtol=0, atol=0)
-    code = "import sys, mindvideo.engine, mindvideo.engine.fused_update; print('triton' in sys.modules)"
+    code = "import sys, mindvideo.engine, mindvideo.engine.device_update; print('triton' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mindvideo.engine import StepCoefficients
-from mindvideo.engine import sampler as engine_sampler
+from mindvideo.engine import StepCoefficients, host_loop
 from mindvideo.errors import MindVideoError
 
 SHAPE = (2, 4, 3, 8, 8)
@@ -118,13 +117,13 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(sampler, case):
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_c_and_python_say_the_same(case):
-    if "c" not in engine_sampler.IMPLEMENTATIONS:
+    if "c" not in host_loop.IMPLEMENTATIONS:
         pytest.skip("the C extension is not built")
     messages = []
     for name in ("c", "python"):
         args, kwargs = _bad(case, buffers(3))
         with pytest.raises(MindVideoError) as info:
-            engine_sampler.IMPLEMENTATIONS[name].fused_update(*args, **kwargs)
+            host_loop.IMPLEMENTATIONS[name].fused_update(*args, **kwargs)
         messages.append(str(info.value))
     assert messages[0] == messages[1]
 

@@ -13,8 +13,7 @@ import torch
 from engine_testing import SCHEDULERS, SHAPE, VARIANTS, LinearDenoiser, diffusers_loop, make_inputs, relative_error
 
 import mindvideo.engine as engine_package
-from mindvideo.engine import loop, make_plan
-from mindvideo.engine import sampler as engine_sampler
+from mindvideo.engine import host_loop, host_loop_numpy, make_plan
 from mindvideo.errors import MindVideoError
 
 STEPS = 25
@@ -39,13 +38,13 @@ def test_loop_matches_diffusers_step(sampler, name, guidance_scale):
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_c_loop_equals_python_twin_bitwise(name):
     """Same float32 operations in the same order (the C build disables FMA contraction): identical bits."""
-    if "c" not in engine_sampler.IMPLEMENTATIONS:
+    if "c" not in host_loop.IMPLEMENTATIONS:
         pytest.skip("the C extension is not built")
     factory, eta = SCHEDULERS[name]
     plan = make_plan(factory(), STEPS, eta=eta)
     latents, cond, noise = make_inputs(plan.init_noise_sigma, 12.5, STEPS)
     c, py = (
-        engine_sampler.IMPLEMENTATIONS[k].run_loop(
+        host_loop.IMPLEMENTATIONS[k].run_loop(
             LinearDenoiser(), plan, latents, cond, guidance_scale=12.5, variance_noise=noise
         )
         for k in ("c", "python")
@@ -140,18 +139,18 @@ def test_bad_inputs_raise_clear_errors(sampler, case, match):
 
 
 def test_falls_back_to_the_twin_and_says_so_once(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "mindvideo.engine._sampler", None)  # "import" now fails as if never built
-    if hasattr(engine_package, "_sampler"):
-        monkeypatch.delattr(engine_package, "_sampler")
+    monkeypatch.setitem(sys.modules, "mindvideo.engine._host_loop", None)  # "import" now fails as if never built
+    if hasattr(engine_package, "_host_loop"):
+        monkeypatch.delattr(engine_package, "_host_loop")
     try:
-        with caplog.at_level(logging.WARNING, logger="mindvideo.engine.sampler"):
-            fallback = importlib.reload(engine_sampler)
+        with caplog.at_level(logging.WARNING, logger="mindvideo.engine.host_loop"):
+            fallback = importlib.reload(host_loop)
         assert fallback.implementation == "python"
-        assert fallback.run_loop is loop.run_loop and fallback.fused_update is loop.fused_update
+        assert fallback.run_loop is host_loop_numpy.run_loop and fallback.fused_update is host_loop_numpy.fused_update
         assert len([r for r in caplog.records if "numpy twin" in r.getMessage()]) == 1
         with pytest.raises(MindVideoError, match="expected the C sampling loop to be built"):
-            fallback.get_sampler("c")
+            fallback.get_host_loop("c")
     finally:
         monkeypatch.undo()
-        importlib.reload(engine_sampler)
-    assert engine_sampler.get_sampler("python") is loop
+        importlib.reload(host_loop)
+    assert host_loop.get_host_loop("python") is host_loop_numpy

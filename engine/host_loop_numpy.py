@@ -1,8 +1,8 @@
-"""The sampling loop in numpy: the pure-Python twin of the C extension ``mindvideo.engine._sampler``.
+"""The sampling loop in numpy: the pure-Python twin of the C extension ``mindvideo.engine._host_loop``.
 
 Both modules export the same two functions with the same signatures, checks and error messages, and do the same
 arithmetic (float32 buffers, float64 maths, one rounding per stored value) in the same order, so either can stand
-in for the other; :mod:`mindvideo.engine.sampler` picks the C one when it is built. The loop drives the one seam
+in for the other; :mod:`mindvideo.engine.host_loop` picks the C one when it is built. The loop drives the one seam
 every backend implements::
 
     eps = denoise(x_in, t, cond)     x_in (rows, ...) float32, rows = 2B (guided: [negative; positive]) or B

@@ -1,4 +1,4 @@
-"""The sampling loop to use: the C extension ``mindvideo.engine._sampler`` when it is built, else its numpy twin.
+"""Which host sampling loop runs: the C extension ``mindvideo.engine._host_loop`` when built, else its numpy twin.
 
 Both implementations have the same API (:func:`run_loop`, :func:`fused_update`); this module binds the fast one
 and says so once in the log when it has to fall back.
@@ -11,16 +11,16 @@ from types import ModuleType
 
 from mindvideo.errors import MindVideoError
 
-from . import loop as _python
+from . import host_loop_numpy as _python
 
 log = logging.getLogger(__name__)
 
 try:
-    from . import _sampler as _c
+    from . import _host_loop as _c
 except ImportError as exc:  # not built (no compiler at install time) or built for another Python
     _c = None
     log.warning(
-        "the C sampling loop (mindvideo.engine._sampler) is not available (%s); using the numpy twin. "
+        "the C sampling loop (mindvideo.engine._host_loop) is not available (%s); using the numpy twin. "
         "Reinstall with a C compiler (pip install -e .) to build it.",
         exc,
     )
@@ -33,7 +33,7 @@ run_loop = IMPLEMENTATIONS[implementation].run_loop
 fused_update = IMPLEMENTATIONS[implementation].fused_update
 
 
-def get_sampler(name: str | None = None) -> ModuleType:
+def get_host_loop(name: str | None = None) -> ModuleType:
     """The module implementing ``run_loop``/``fused_update``: ``"c"``, ``"python"``, or ``None`` for the default."""
     name = implementation if name is None else name
     if name not in ("c", "python"):
@@ -41,7 +41,7 @@ def get_sampler(name: str | None = None) -> ModuleType:
     if name not in IMPLEMENTATIONS:
         raise MindVideoError(
             "expected the C sampling loop to be built",
-            "mindvideo.engine._sampler is missing",
+            "mindvideo.engine._host_loop is missing",
             "reinstall with a C compiler (pip install -e .), or use 'python'",
         )
     return IMPLEMENTATIONS[name]

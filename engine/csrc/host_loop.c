@@ -1,8 +1,8 @@
 /*
- * mindvideo.engine._sampler: the fused guided sampler update and the sampling loop over float32 host buffers.
+ * mindvideo.engine._host_loop: the fused guided sampler update and the sampling loop over float32 host buffers.
  *
- * The C twin of engine/loop.py: same functions, signatures, checks, error messages and arithmetic, in the same
- * order (see engine/loop.py and engine/schedule.py for the maths):
+ * The C twin of engine/host_loop_numpy.py: same functions, signatures, checks, error messages and arithmetic, in
+ * the same order (see engine/host_loop_numpy.py and engine/schedule.py for the maths):
  *
  *     m  = m_neg + g*(m_pos - m_neg)                  (m = m_pos unguided)
  *     d  = p*x + q*m;  x <- a*x + b*m + c*d + e*state + n*z;  state <- d
@@ -178,7 +178,7 @@ raise_not_float32(ModuleState *st, const char *name, PyObject *found)
                      FIX_FLOAT32);
 }
 
-/* A C-contiguous float32 view of `obj`, checked like engine/loop.py:check_float32 (same messages): writable if
+/* A C-contiguous float32 view of `obj`, checked like host_loop_numpy.py:check_float32 (same messages): writable if
  * asked, and shaped like `like` when given. Returns 0, or -1 with an exception set and no view held. */
 static int
 get_float32(ModuleState *st, PyObject *obj, const char *name, Py_buffer *view, int writable, const Py_buffer *like,
@@ -266,7 +266,7 @@ take_float32(ModuleState *st, PyObject *obj, const char *name, Py_buffer *view, 
     return *have ? 0 : -1;
 }
 
-/* Check every argument (in engine/loop.py's order) before anything is written. 0, or -1 with views released. */
+/* Check every argument (in host_loop_numpy.py's order) before anything is written. 0, or -1 with views released. */
 static int
 get_update_views(ModuleState *st, UpdateViews *v, PyObject *x, PyObject *mp, PyObject *mn, const double *row,
                  PyObject *state, PyObject *noise)
@@ -302,7 +302,7 @@ fail:
 
 PyDoc_STRVAR(fused_update_doc,
 "fused_update(x, eps_pos, eps_neg, guidance_scale, coefficients, state=None, noise=None) -> None\n--\n\n"
-"One guided sampler step in place on x (and state); the C twin of mindvideo.engine.loop.fused_update.");
+"One guided sampler step in place on x (and state); the C twin of mindvideo.engine.host_loop_numpy.fused_update.");
 
 static PyObject *
 py_fused_update(PyObject *module, PyObject *args, PyObject *kwargs)
@@ -482,7 +482,7 @@ done:
 
 PyDoc_STRVAR(run_loop_doc,
 "run_loop(denoise, plan, latents, cond, *, guidance_scale=1.0, variance_noise=None, callback=None) -> ndarray\n--\n\n"
-"Run every step of plan from latents; the C twin of mindvideo.engine.loop.run_loop.");
+"Run every step of plan from latents; the C twin of mindvideo.engine.host_loop_numpy.run_loop.");
 
 static PyObject *
 py_run_loop(PyObject *module, PyObject *args, PyObject *kwargs)
@@ -572,8 +572,8 @@ static PyModuleDef_Slot sampler_slots[] = {
 
 static struct PyModuleDef sampler_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "mindvideo.engine._sampler",
-    .m_doc = "Fused guided sampler update and sampling loop over float32 host buffers (see engine/loop.py).",
+    .m_name = "mindvideo.engine._host_loop",
+    .m_doc = "Fused guided sampler update and sampling loop over float32 host buffers (see host_loop_numpy.py).",
     .m_size = sizeof(ModuleState),
     .m_methods = sampler_methods,
     .m_slots = sampler_slots,
@@ -583,7 +583,7 @@ static struct PyModuleDef sampler_module = {
 };
 
 PyMODINIT_FUNC
-PyInit__sampler(void)
+PyInit__host_loop(void)
 {
     return PyModuleDef_Init(&sampler_module);
 }

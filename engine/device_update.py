@@ -1,13 +1,10 @@
 """The fused guidance + sampler update on torch tensors: one Triton kernel on CUDA, plain torch elsewhere.
 
-Same maths, signature and arithmetic as :func:`mindvideo.engine.loop.fused_update` (float32 buffers, float64 maths
-in the same order, one rounding per stored value; see there and :mod:`mindvideo.engine.schedule`)::
+Same maths, signature and arithmetic as :func:`mindvideo.engine.host_loop_numpy.fused_update`::
 
     m = eps_neg + g·(eps_pos − eps_neg);   d = p·x + q·m;   x ← a·x + b·m + c·d + e·state + n·noise;   state ← d
 
-:func:`fused_update_tensor` picks the Triton kernel for CUDA tensors when Triton is installed and the torch
-reference otherwise. Nothing here imports Triton or touches CUDA at import time; the kernel lives in
-:mod:`mindvideo.engine.triton_update`, imported on first use.
+The Triton kernel (:mod:`mindvideo.engine.device_update_triton`) is imported on first use, never at import time.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import torch
 
 from mindvideo.errors import MindVideoError
 
-from .loop import as_coefficients
+from .host_loop_numpy import as_coefficients
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +117,7 @@ def fused_update_triton(
     noise: torch.Tensor | None = None,
 ) -> None:
     """The update as one Triton kernel launch (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)."""
-    from .triton_update import launch_fused_update
+    from .device_update_triton import launch_fused_update
 
     launch_fused_update(x, eps_pos, eps_neg, guidance_scale, coefficients, state, noise)
 

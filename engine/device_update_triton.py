@@ -1,4 +1,4 @@
-"""Triton kernel for the fused guidance + sampler update (imported lazily by :mod:`mindvideo.engine.fused_update`).
+"""Triton kernel for the fused guidance + sampler update (imported lazily by :mod:`mindvideo.engine.device_update`).
 
 One pass over the latents: each program loads a block of ``x``, the model outputs (fp32/fp16/bf16), the
 data-prediction state and the noise when the step uses them, evaluates the update in float64 like the C and numpy
@@ -21,8 +21,8 @@ import triton.language as tl
 
 from mindvideo.errors import MindVideoError
 
-from .fused_update import check_update_tensors
-from .loop import as_coefficients
+from .device_update import check_update_tensors
+from .host_loop_numpy import as_coefficients
 from .schedule import SamplingPlan
 
 BLOCK = 1024
