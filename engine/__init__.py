@@ -2,8 +2,8 @@
 
 The loop lives in three layers, each importable without a GPU:
 
-- :mod:`mindvideo.engine.schedule`: :func:`make_plan` unrolls a diffusers scheduler (DDIM, DPM-Solver++(2M), Euler)
-  into a :class:`SamplingPlan` of per-step coefficients of one fused guidance + update.
+- :mod:`mindvideo.engine.schedule`: :func:`make_plan` unrolls a diffusers scheduler (DDIM, DPM-Solver++(2M), Euler,
+  LCM) into a :class:`SamplingPlan` of per-step coefficients of one fused guidance + update.
 - :mod:`mindvideo.engine.host_loop`: :func:`run_loop` / :func:`fused_update` over float32 host buffers, in C
   (``engine/csrc/host_loop.c``, GIL released around the maths) or, when the extension is not built, its numpy twin
   :mod:`mindvideo.engine.host_loop_numpy`.

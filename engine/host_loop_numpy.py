@@ -10,7 +10,13 @@ every backend implements::
 ``x_in`` is the scaled model input (``scale_model_input``), written into one buffer that is reused every step (do
 not keep it); ``t`` is the step's timestep as a Python number; ``cond`` is passed through untouched. Guidance is on
 when ``guidance_scale > 1`` (as in diffusers pipelines): ``cond`` then stacks the negative and positive conditions
-and ``eps`` comes back with 2B rows in the same order.
+and ``eps`` comes back with 2B rows in the same order. With ``single_pass=True`` (a guidance-distilled student) the
+loop runs B rows and uses ``eps`` as it comes, with no guidance mix: the student takes g as an input, so the caller
+binds it into ``denoise`` (e.g. ``functools.partial(backend.denoise, guidance=g)``).
+
+Stochastic plans (DDIM η > 0, LCM) take their noise either from ``step_noise``, a precomputed ``(K, B, ...)``
+float32 buffer whose row ``i`` is step ``i``'s draw (LCM: K = S − 1, see :func:`mindvideo.sampling.step_noise`),
+or from a ``variance_noise(step)`` callback.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ Denoise = Callable[[np.ndarray, Any, Any], Any]
 FLOAT32_FORMATS = ("f", "=f", "@f", "<f" if sys.byteorder == "little" else ">f")  # native float32 only
 FIX_FLOAT32 = "pass np.ascontiguousarray(value, dtype=np.float32)"
 FIX_EPS_SHAPE = "denoise(x, t, cond) must return eps shaped like x; with guidance_scale > 1, cond stacks 2B rows"
+FIX_STEP_NOISE = "pass step_noise=mindvideo.sampling.step_noise(generator, latents.shape, steps).numpy()"
+NOISE_NAME = "variance_noise(step)"
 
 
 def check_float32(
@@ -146,17 +154,21 @@ def run_loop(
     guidance_scale: float = 1.0,
     variance_noise: Callable[[int], np.ndarray] | None = None,
     callback: Callable[[int, Any, np.ndarray], Any] | None = None,
+    step_noise: np.ndarray | None = None,
+    single_pass: bool = False,
 ) -> np.ndarray:
     """Run every step of ``plan`` from ``latents`` (B, ...) float32, already multiplied by
     ``plan.init_noise_sigma``; returns new denoised latents (``latents`` is not modified).
 
-    ``variance_noise(step)`` gives the standard normal draw (B, ...) of stochastic steps (DDIM η > 0; required
-    then). ``callback(step, t, x)`` runs after each update with the live latents (copy them to keep them); an
+    Stochastic steps read their standard normal draw (B, ...) from ``step_noise[step]`` (a (K, B, ...) float32
+    buffer, K ≥ ``plan.noise_rows``) or from ``variance_noise(step)``; one of them is required then.
+    ``single_pass``: B model rows and no guidance mix whatever ``guidance_scale`` (a student; g is bound into
+    ``denoise``). ``callback(step, t, x)`` runs after each update with the live latents (copy them to keep them); an
     exception raised there or in ``denoise`` stops the loop and propagates.
     """
     x = np.array(check_float32(latents, "latents"))
-    _check_run(x, plan, variance_noise)
-    guided = guidance_scale > 1.0
+    noises = _check_run(x, plan, variance_noise, step_noise)
+    guided = guidance_scale > 1.0 and not single_pass
     batch = x.shape[0]
     x_in = np.empty((2 * batch if guided else batch, *x.shape[1:]), np.float32)
     state = np.zeros_like(x) if plan.stateful else None
@@ -166,7 +178,9 @@ def run_loop(
             x_in[batch:] = x_in[:batch]
         eps = check_float32(denoise(x_in, t, cond), "denoise output", x_in.shape, fix=FIX_EPS_SHAPE)
         k = plan.step(i)
-        noise = None if k.n == 0.0 else check_float32(variance_noise(i), "variance_noise(step)", x.shape)
+        noise = None
+        if k.n != 0.0:
+            noise = noises[i] if noises is not None else check_float32(variance_noise(i), NOISE_NAME, x.shape)
         if guided:
             fused_update(x, eps[batch:], eps[:batch], guidance_scale, k, state, noise)
         else:
@@ -176,16 +190,34 @@ def run_loop(
     return x
 
 
-def _check_run(x: np.ndarray, plan: SamplingPlan, variance_noise: Callable[[int], np.ndarray] | None) -> None:
+def _check_run(
+    x: np.ndarray, plan: SamplingPlan, variance_noise: Callable[[int], np.ndarray] | None, step_noise: Any
+) -> np.ndarray | None:
+    """The run's arguments checked (in the C extension's order); returns the ``step_noise`` view, if any."""
     if x.ndim < 1 or x.size == 0:
         raise MindVideoError(
             "expected non-empty latents (B, C, F, h, w)",
             f"shape {x.shape}",
             "pass the initial noise times plan.init_noise_sigma",
         )
+    if step_noise is not None and variance_noise is not None:
+        raise MindVideoError(
+            "expected one noise source, step_noise or variance_noise", "both", "pass the precomputed step_noise only"
+        )
+    if step_noise is not None:
+        noises = check_float32(step_noise, "step_noise")
+        rows = plan.noise_rows
+        if noises.ndim != x.ndim + 1 or noises.shape[1:] != x.shape or noises.shape[0] < rows:
+            raise MindVideoError(
+                f"expected step_noise of shape (K,) + {x.shape} with K >= {rows}",
+                f"shape {noises.shape}",
+                FIX_STEP_NOISE,
+            )
+        return noises
     if plan.stochastic and variance_noise is None:
         raise MindVideoError(
-            "expected variance_noise for a stochastic plan (DDIM eta > 0)",
-            "variance_noise=None",
-            "pass variance_noise=lambda step: rng.standard_normal(shape, dtype=np.float32)",
+            "expected step_noise or variance_noise for a stochastic plan (DDIM eta > 0, LCM)",
+            "step_noise=None, variance_noise=None",
+            FIX_STEP_NOISE,
         )
+    return None

@@ -14,12 +14,15 @@ DDIM (η ≥ 0)              ``a, b`` from DDIM eq. 12, ``n = σ_t(η)`` from eq
 DPM-Solver++(2M)          ``p, q`` (x̂₀ of the model output), ``a = σ_t/σ_s``, ``c, e`` from Lu et al. 2022
                           (DPM-Solver++ Alg. 2, multistep second order; first order at the ends)
 Euler                     ``a = 1, b = σ_{i+1} − σ_i`` for ε-prediction (Karras et al. 2022, Alg. 1, no churn)
+LCM multistep             ``a, b`` from the consistency function f = c_skip·x + c_out·x̂₀ re-noised to the next
+                          timestep, ``n = √(1 − ᾱ_next)`` (Luo et al. 2023, Alg. 3); ``n = 0`` and ``a·x + b·m = f``
+                          at the last step
 ========================  ==============================================================================
 
 Everything is computed in float64 from the scheduler's own arrays after ``set_timesteps`` (``alphas_cumprod``,
-``final_alpha_cumprod``, ``sigmas``, ``timesteps``), so the plan follows whatever spacing, Karras sigmas or
-final-sigma setting the config asks for. The update (C, numpy, torch or Triton) reads and writes float32 buffers and
-evaluates each element in float64 with these coefficients, rounding once per stored value.
+``final_alpha_cumprod``, ``sigmas``, ``timesteps``, LCM's boundary scalings), so the plan follows whatever spacing,
+Karras sigmas or final-sigma setting the config asks for. The update (C, numpy, torch or Triton) reads and writes
+float32 buffers and evaluates each element in float64 with these coefficients, rounding once per stored value.
 """
 
 from __future__ import annotations
@@ -33,9 +36,14 @@ import numpy as np
 
 from mindvideo.errors import MindVideoError
 
-SAMPLERS = ("ddim", "dpmpp_2m", "euler")
+SAMPLERS = ("ddim", "dpmpp_2m", "euler", "lcm")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_CLASSES = {"DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmpp_2m", "EulerDiscreteScheduler": "euler"}
+_CLASSES = {
+    "DDIMScheduler": "ddim",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+    "EulerDiscreteScheduler": "euler",
+    "LCMScheduler": "lcm",
+}
 
 
 class StepCoefficients(NamedTuple):
@@ -108,8 +116,15 @@ class SamplingPlan:
 
     @property
     def stochastic(self) -> bool:
-        """Whether some step adds noise (DDIM with η > 0) and so needs ``variance_noise``."""
+        """Whether some step adds noise (DDIM with η > 0, LCM with more than one step) and so needs noise draws."""
         return bool(np.any(self.coefficients[:, 6] != 0.0))
+
+    @property
+    def noise_rows(self) -> int:
+        """How many per-step noise draws a run reads: 1 + the index of the last noisy step (0 if none). Step ``i``
+        reads row ``i`` of a ``step_noise`` buffer (LCM: ``S − 1`` rows, the last step adds none)."""
+        noisy = np.flatnonzero(self.coefficients[:, 6] != 0.0)
+        return int(noisy[-1]) + 1 if len(noisy) else 0
 
     def step(self, i: int) -> StepCoefficients:
         """The coefficients of step ``i`` as Python floats."""
@@ -126,7 +141,7 @@ class SamplingPlan:
 
 
 def make_plan(scheduler: Any, num_steps: int, *, eta: float = 0.0) -> SamplingPlan:
-    """Unroll ``scheduler`` (a diffusers DDIM / DPM-Solver++ / Euler scheduler, or its config dict with
+    """Unroll ``scheduler`` (a diffusers DDIM / DPM-Solver++ / Euler / LCM scheduler, or its config dict with
     ``_class_name``) for ``num_steps`` steps. ``eta`` is DDIM's stochasticity η (0 = deterministic DDIM).
 
     The caller's scheduler is not touched: a fresh one is built from its config and ``set_timesteps`` is called
@@ -158,15 +173,29 @@ def make_plan(scheduler: Any, num_steps: int, *, eta: float = 0.0) -> SamplingPl
             f"clip_sample={config.get('clip_sample')}, thresholding={config.get('thresholding')}",
             "build it with clip_sample=False, thresholding=False (SD-1.5's setting)",
         )
-    scheduler.set_timesteps(int(num_steps))
+    _set_timesteps(scheduler, sampler, int(num_steps))
     timesteps = scheduler.timesteps.cpu().numpy()
     if sampler == "ddim":
         scale, coefficients = _ddim(scheduler, timesteps, eta, prediction_type)
+    elif sampler == "lcm":
+        scale, coefficients = _lcm(scheduler, timesteps, prediction_type)
     elif sampler == "dpmpp_2m":
         scale, coefficients = _dpmpp_2m(scheduler, prediction_type)
     else:
         scale, coefficients = _euler(scheduler, prediction_type)
     return SamplingPlan(sampler, timesteps, scale, coefficients, float(scheduler.init_noise_sigma), prediction_type)
+
+
+def _set_timesteps(scheduler: Any, sampler: str, num_steps: int) -> None:
+    """``set_timesteps``, with LCM's limit (at most its ``original_inference_steps``) as a clear error."""
+    if sampler == "lcm" and num_steps > scheduler.config.original_inference_steps:
+        raise MindVideoError(
+            f"expected at most {scheduler.config.original_inference_steps} LCM steps "
+            "(the scheduler's original_inference_steps)",
+            str(num_steps),
+            "LCM samples in few steps: pass e.g. 4",
+        )
+    scheduler.set_timesteps(num_steps)
 
 
 def _fresh_scheduler(scheduler: Any) -> Any:
@@ -224,6 +253,37 @@ def _ddim(scheduler: Any, timesteps: np.ndarray, eta: float, prediction_type: st
     coefficients[:, 1] = np.sqrt(abar_prev) * q + direction * em  # b
     coefficients[:, 6] = std  # n
     return np.ones(len(timesteps)), coefficients
+
+
+def _lcm(scheduler: Any, timesteps: np.ndarray, prediction_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """LCM's multistep consistency sampling (Luo et al. 2023, Alg. 3), as diffusers' ``LCMScheduler.step``::
+
+        f = c_skip(t)·x + c_out(t)·x̂₀(x, m)                  the consistency function (boundary conditions, eq. 9)
+        x' = √ᾱ_next·f + √(1 − ᾱ_next)·z                     re-noised to the next timestep; x' = f at the last step
+
+    ``c_skip``/``c_out`` come from the scheduler's ``get_scalings_for_boundary_condition_discrete`` (σ_data = 0.5,
+    ``timestep_scaling``); x̂₀ = P·x + Q·m in the VP scale for ε-, v- and x₀-prediction. So a = A·(c_skip + c_out·P),
+    b = A·c_out·Q with A = √ᾱ_next (1 at the last step), n = √(1 − ᾱ_next) (0 at the last step)."""
+    alphas_cumprod = scheduler.alphas_cumprod.double().numpy()
+    t = timesteps.astype(np.int64)
+    abar = alphas_cumprod[t]
+    nxt = np.append(t[1:], t[-1])  # diffusers: the next timestep, the current one at the last step (unused there)
+    abar_next = np.where(nxt >= 0, alphas_cumprod[np.maximum(nxt, 0)], float(scheduler.final_alpha_cumprod))
+    scalings = np.array([scheduler.get_scalings_for_boundary_condition_discrete(int(ti)) for ti in t], np.float64)
+    c_skip, c_out = scalings[:, 0], scalings[:, 1]
+    if prediction_type == "epsilon":  # x̂₀ = (x − √(1 − ᾱ)·m)/√ᾱ
+        p, q = 1.0 / np.sqrt(abar), -np.sqrt(1.0 - abar) / np.sqrt(abar)
+    elif prediction_type == "v_prediction":  # x̂₀ = √ᾱ·x − √(1 − ᾱ)·m
+        p, q = np.sqrt(abar), -np.sqrt(1.0 - abar)
+    else:  # x̂₀ = m
+        p, q = np.zeros_like(abar), np.ones_like(abar)
+    last = np.arange(len(t)) == len(t) - 1
+    renoise = np.where(last, 1.0, np.sqrt(abar_next))
+    coefficients = np.zeros((len(t), 7))
+    coefficients[:, 0] = renoise * (c_skip + c_out * p)  # a
+    coefficients[:, 1] = renoise * c_out * q  # b
+    coefficients[:, 6] = np.where(last, 0.0, np.sqrt(1.0 - abar_next))  # n
+    return np.ones(len(t)), coefficients
 
 
 def _dpmpp_2m(scheduler: Any, prediction_type: str) -> tuple[np.ndarray, np.ndarray]:

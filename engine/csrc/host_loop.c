@@ -10,6 +10,8 @@
  * Buffers are float32; each element is evaluated in double and rounded once when stored, so the update adds
  * no rounding of its own beyond storing x and state in float32. Data are reached through the buffer protocol, so
  * building needs no numpy headers; at run time the module calls numpy.empty / numpy.zeros for its own arrays.
+ * Stochastic steps (DDIM eta > 0, LCM) read row i of a precomputed step_noise buffer (K, B, ...) or call
+ * variance_noise(i); single_pass runs B model rows with no guidance mix (a student: g is bound into denoise).
  * The GIL is released around every pass over the data and held while calling back into Python (denoise,
  * variance_noise, callback). Build with -ffp-contract=off so the compiler does not fuse multiply-adds that the
  * numpy twin rounds separately.
@@ -23,6 +25,7 @@
 #define FIX_FLOAT32 "pass np.ascontiguousarray(value, dtype=np.float32)"
 #define FIX_LATENT_SHAPE "match the latents' shape"
 #define FIX_EPS_SHAPE "denoise(x, t, cond) must return eps shaped like x; with guidance_scale > 1, cond stacks 2B rows"
+#define FIX_STEP_NOISE "pass step_noise=mindvideo.sampling.step_noise(generator, latents.shape, steps).numpy()"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -332,9 +335,9 @@ py_fused_update(PyObject *module, PyObject *args, PyObject *kwargs)
 /* Everything one run owns. Views are held from setup to the end; `loop_clear` releases whatever was taken. */
 typedef struct {
     PyObject *x, *x_in, *state, *timesteps, *scale_obj, *coef_obj;
-    Py_buffer xv, inv, sv, scale, coef;
-    int have_xv, have_inv, have_sv, have_scale, have_coef;
-    Py_ssize_t steps, len; /* S; floats in B rows */
+    Py_buffer xv, inv, sv, scale, coef, nv;
+    int have_xv, have_inv, have_sv, have_scale, have_coef, have_nv;
+    Py_ssize_t steps, len, noise_rows; /* S; floats in B rows; 1 + the last noisy step (0: none) */
     int guided, stateful, stochastic;
     double g;
 } Loop;
@@ -347,6 +350,7 @@ loop_clear(Loop *L)
     if (L->have_sv) PyBuffer_Release(&L->sv);
     if (L->have_scale) PyBuffer_Release(&L->scale);
     if (L->have_coef) PyBuffer_Release(&L->coef);
+    if (L->have_nv) PyBuffer_Release(&L->nv);
     Py_XDECREF(L->x_in);
     Py_XDECREF(L->state);
     Py_XDECREF(L->timesteps);
@@ -384,7 +388,10 @@ loop_read_plan(Loop *L, PyObject *plan)
     const double *coef = L->coef.buf;
     for (Py_ssize_t i = 0; i < L->steps; i++) {
         L->stateful |= is_stateful(coef + i * NUM_COEFFICIENTS);
-        L->stochastic |= coef[i * NUM_COEFFICIENTS + 6] != 0.0;
+        if (coef[i * NUM_COEFFICIENTS + 6] != 0.0) {
+            L->stochastic = 1;
+            L->noise_rows = i + 1;
+        }
     }
     return 0;
 }
@@ -400,8 +407,30 @@ new_array(PyObject *factory, PyObject *shape, Py_buffer *view, int *have)
     return array;
 }
 
+/* The step_noise buffer (K, *latents.shape) float32 with K >= noise_rows, checked like host_loop_numpy.py:_check_run. */
 static int
-loop_setup(ModuleState *st, Loop *L, PyObject *plan, PyObject *latents, PyObject *variance_noise)
+loop_take_step_noise(ModuleState *st, Loop *L, PyObject *step_noise, PyObject *shape)
+{
+    if (get_float32(st, step_noise, "step_noise", &L->nv, 0, NULL, NULL) < 0)
+        return -1;
+    L->have_nv = 1;
+    const Py_buffer *x = &L->xv, *n = &L->nv;
+    int ok = n->ndim == x->ndim + 1 && n->shape[0] >= L->noise_rows;
+    for (int i = 0; ok && i < x->ndim; i++)
+        ok = n->shape[i + 1] == x->shape[i];
+    if (ok)
+        return 0;
+    PyObject *got = shape_tuple(n, -1);
+    raise_user_error(st, PyUnicode_FromFormat("expected step_noise of shape (K,) + %R with K >= %zd", shape,
+                                              L->noise_rows),
+                     got != NULL ? PyUnicode_FromFormat("shape %R", got) : NULL, FIX_STEP_NOISE);
+    Py_XDECREF(got);
+    return -1;
+}
+
+static int
+loop_setup(ModuleState *st, Loop *L, PyObject *plan, PyObject *latents, PyObject *variance_noise,
+           PyObject *step_noise)
 {
     Py_buffer lat;
     if (get_float32(st, latents, "latents", &lat, 0, NULL, NULL) < 0)
@@ -422,11 +451,22 @@ loop_setup(ModuleState *st, Loop *L, PyObject *plan, PyObject *latents, PyObject
     PyBuffer_Release(&lat);
     if (L->x_in == NULL || loop_read_plan(L, plan) < 0)
         goto done;
-    if (L->stochastic && variance_noise == Py_None)
-        raise_user_error(st, PyUnicode_FromString("expected variance_noise for a stochastic plan (DDIM eta > 0)"),
-                         PyUnicode_FromString("variance_noise=None"),
-                         "pass variance_noise=lambda step: rng.standard_normal(shape, dtype=np.float32)");
-    else if (L->stateful)
+    if (step_noise != Py_None && variance_noise != Py_None) {
+        raise_user_error(st, PyUnicode_FromString("expected one noise source, step_noise or variance_noise"),
+                         PyUnicode_FromString("both"), "pass the precomputed step_noise only");
+        goto done;
+    }
+    if (step_noise != Py_None) {
+        if (loop_take_step_noise(st, L, step_noise, shape) < 0)
+            goto done;
+    }
+    else if (L->stochastic && variance_noise == Py_None) {
+        raise_user_error(st, PyUnicode_FromString("expected step_noise or variance_noise for a stochastic plan "
+                                                  "(DDIM eta > 0, LCM)"),
+                         PyUnicode_FromString("step_noise=None, variance_noise=None"), FIX_STEP_NOISE);
+        goto done;
+    }
+    if (L->stateful)
         L->state = new_array(st->np_zeros, shape, &L->sv, &L->have_sv);
 done:
     Py_XDECREF(shape);
@@ -443,6 +483,7 @@ loop_step(ModuleState *st, Loop *L, Py_ssize_t i, PyObject *denoise, PyObject *c
     const double scale = ((const double *)L->scale.buf)[i];
     PyObject *t = PyList_GET_ITEM(L->timesteps, i), *eps_obj = NULL, *noise_obj = NULL, *result;
     Py_buffer eps, noise;
+    const float *z = NULL;
     int have_eps = 0, have_noise = 0, rc = -1;
 
     Py_BEGIN_ALLOW_THREADS
@@ -452,18 +493,21 @@ loop_step(ModuleState *st, Loop *L, Py_ssize_t i, PyObject *denoise, PyObject *c
     if (eps_obj == NULL || get_float32(st, eps_obj, "denoise output", &eps, 0, &L->inv, FIX_EPS_SHAPE) < 0)
         goto done;
     have_eps = 1;
-    if (row[6] != 0.0) {
+    if (row[6] != 0.0 && L->have_nv)
+        z = (const float *)L->nv.buf + i * L->len; /* row i of the precomputed (K, B, ...) buffer */
+    else if (row[6] != 0.0) {
         noise_obj = PyObject_CallFunction(variance_noise, "n", i);
         if (noise_obj == NULL
             || get_float32(st, noise_obj, "variance_noise(step)", &noise, 0, &L->xv, FIX_LATENT_SHAPE) < 0)
             goto done;
         have_noise = 1;
+        z = noise.buf;
     }
     const float *e = eps.buf;
     const Coefficients k = to_coefficients(row);
     Py_BEGIN_ALLOW_THREADS
     fused_update_kernel(L->xv.buf, L->guided ? e + L->len : e, L->guided ? e : NULL, L->g, k,
-                        is_stateful(row) ? L->sv.buf : NULL, have_noise ? noise.buf : NULL, L->len);
+                        is_stateful(row) ? L->sv.buf : NULL, z, L->len);
     Py_END_ALLOW_THREADS
     if (callback != Py_None) {
         result = PyObject_CallFunction(callback, "nOO", i, t, L->x);
@@ -481,26 +525,28 @@ done:
 }
 
 PyDoc_STRVAR(run_loop_doc,
-"run_loop(denoise, plan, latents, cond, *, guidance_scale=1.0, variance_noise=None, callback=None) -> ndarray\n--\n\n"
+"run_loop(denoise, plan, latents, cond, *, guidance_scale=1.0, variance_noise=None, callback=None, "
+"step_noise=None, single_pass=False) -> ndarray\n--\n\n"
 "Run every step of plan from latents; the C twin of mindvideo.engine.host_loop_numpy.run_loop.");
 
 static PyObject *
 py_run_loop(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"denoise", "plan", "latents", "cond", "guidance_scale", "variance_noise", "callback",
-                             NULL};
+    static char *kwlist[] = {"denoise",  "plan",       "latents",     "cond", "guidance_scale", "variance_noise",
+                             "callback", "step_noise", "single_pass", NULL};
     ModuleState *st = PyModule_GetState(module);
-    PyObject *denoise, *plan, *latents, *cond, *variance_noise = Py_None, *callback = Py_None;
+    PyObject *denoise, *plan, *latents, *cond, *variance_noise = Py_None, *callback = Py_None, *step_noise = Py_None;
     double guidance_scale = 1.0;
+    int single_pass = 0;
     Loop L;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$dOO:run_loop", kwlist, &denoise, &plan, &latents, &cond,
-                                     &guidance_scale, &variance_noise, &callback))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$dOOOp:run_loop", kwlist, &denoise, &plan, &latents, &cond,
+                                     &guidance_scale, &variance_noise, &callback, &step_noise, &single_pass))
         return NULL;
     memset(&L, 0, sizeof(L));
-    L.guided = guidance_scale > 1.0;
+    L.guided = guidance_scale > 1.0 && !single_pass;
     L.g = guidance_scale;
-    if (loop_setup(st, &L, plan, latents, variance_noise) < 0)
+    if (loop_setup(st, &L, plan, latents, variance_noise, step_noise) < 0)
         goto fail;
     for (Py_ssize_t i = 0; i < L.steps; i++)
         if (loop_step(st, &L, i, denoise, cond, variance_noise, callback) < 0)

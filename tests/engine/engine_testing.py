@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
 
 from mindvideo.checkpoint import SCHEDULER_CONFIG
 
@@ -83,8 +83,10 @@ def diffusers_loop(
     guidance_scale: float,
     eta: float = 0.0,
     variance_noise: Callable | None = None,
+    generator: torch.Generator | None = None,
 ) -> np.ndarray:
-    """The oracle: guidance then ``scheduler.step`` each step, in the latents' dtype (float32 or float64)."""
+    """The oracle: guidance then ``scheduler.step`` each step, in the latents' dtype (float32 or float64).
+    ``generator`` is what ``LCMScheduler.step`` draws its re-noising noise from."""
     scheduler.set_timesteps(steps)
     x = torch.from_numpy(latents.copy())
     guided = guidance_scale > 1.0
@@ -97,8 +99,24 @@ def diffusers_loop(
         kwargs = {}
         if isinstance(scheduler, DDIMScheduler) and eta > 0:
             kwargs = {"eta": eta, "variance_noise": torch.from_numpy(variance_noise(i)).to(x.dtype)}
+        if isinstance(scheduler, LCMScheduler):
+            kwargs = {"generator": generator}
         x = scheduler.step(eps, t, x, **kwargs).prev_sample
     return x.numpy()
+
+
+def lcm_inputs(steps: int, guidance_scale: float, seed: int = 3):
+    """``(latents, cond, step_noise, oracle_latents, oracle_generator)`` by the noise convention: the engine's
+    latents and precomputed ``(S − 1, *SHAPE)`` step noise from one seeded CPU generator, and for the diffusers
+    oracle the same latents from a second generator of that seed, left where ``LCMScheduler.step`` draws next."""
+    from mindvideo.sampling import initial_noise, step_noise
+
+    latents, generator = initial_noise(SHAPE, seed, 1.0)
+    noise = step_noise(generator, SHAPE, steps).numpy()
+    oracle_latents, oracle_generator = initial_noise(SHAPE, seed, 1.0)
+    rows = 2 * SHAPE[0] if guidance_scale > 1.0 else SHAPE[0]
+    cond = np.random.default_rng(seed).standard_normal((rows, COND_DIM), dtype=np.float32)
+    return latents.numpy(), cond, noise, oracle_latents.numpy(), oracle_generator
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

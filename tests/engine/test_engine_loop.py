@@ -109,7 +109,7 @@ def test_exceptions_propagate_without_leaks(sampler):
         ("float64 eps", "expected denoise output as a C-contiguous float32 array; found buffer format 'd'"),
         ("torch eps", "expected denoise output as a C-contiguous float32 array; found Tensor \\(no buffer"),
         ("unguided eps for guided run", "expected denoise output of shape \\(4, 4, 3, 8, 8\\); found shape \\(2, 4,"),
-        ("no variance_noise", "expected variance_noise for a stochastic plan"),
+        ("no variance_noise", "expected step_noise or variance_noise for a stochastic plan"),
         (
             "bad variance_noise",
             "expected variance_noise\\(step\\) of shape \\(2, 4, 3, 8, 8\\); found shape \\(2, 4\\);",
