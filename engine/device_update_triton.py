@@ -21,9 +21,9 @@ import triton.language as tl
 
 from mindvideo.errors import MindVideoError
 
-from .device_update import check_update_tensors
 from .host_loop_numpy import as_coefficients
 from .schedule import SamplingPlan
+from .update_checks import check_update_tensors
 
 BLOCK = 1024
 NUM_WARPS = 4
