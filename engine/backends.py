@@ -3,12 +3,16 @@
 Every backend exposes
 
 * ``encode(fmri (B, W, V)) -> cond`` — the fMRI encoder; ``cond`` stays in the backend's own type,
-* ``denoise(x (N, 4, F, h, w), t, cond) -> eps`` — the seam the sampling loop calls once per step,
+* ``denoise(x (N, 4, F, h, w), t, cond, guidance=None) -> eps`` — the seam the sampling loop calls once per step;
+  a student UNet (``guidance_input``) needs ``guidance``, its guidance scale g (a float or (N,) values), which the
+  runtime binds in (``functools.partial(backend.denoise, guidance=g)``) so the loop always calls
+  ``denoise(x, t, cond)``; a teacher refuses it,
 * ``decode(latents (M, 4, h, w)) -> images (M, 3, H, W)`` float32 in [0, 1] — the VAE decoder per frame,
 
 with numpy float32 in and out of ``denoise`` and ``decode``, so the C sampling loop
 (:func:`~mindvideo.engine.run_loop`) drives any of them. The backends whose UNet lives on a torch device (PyTorch,
-TensorRT) also have ``device_unet(sample, timestep, cond)`` on device tensors of ``unet_dtype``: the device loop
+TensorRT) also have ``device_unet(sample, timestep, cond, guidance=None)`` on device tensors of ``unet_dtype``
+(``guidance`` a (N,) float32 device tensor for a student): the device loop
 (:class:`~mindvideo.engine.GraphedLoop`, captured into one CUDA graph on a GPU) calls it instead of ``denoise``.
 The networks are the exported ones (:mod:`mindvideo.export.modules`): the PyTorch backend calls the same modules
 the ONNX graphs were traced from, so every backend computes one function.
@@ -33,6 +37,53 @@ from mindvideo.errors import MindVideoError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class UNetFacts:
+    """What the runtime needs to know of a UNet to drive it (the fields :func:`mindvideo.pipeline.check_student`
+    reads): a student takes g as an input, and may name its g range and the schedulers it was distilled for."""
+
+    guidance_embedding: bool = False
+    guidance_range: tuple[float, float] | None = None
+    schedulers: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_spec(cls, spec) -> UNetFacts:
+        """From an exported UNet's :class:`~mindvideo.export.ExportSpec` (its ``guidance`` input and ``student``)."""
+        if "guidance" not in spec.input_names:
+            return cls()
+        student = spec.student or {}
+        low_high, schedulers = student.get("guidance_range"), student.get("schedulers")
+        return cls(
+            True,
+            None if low_high is None else (float(low_high[0]), float(low_high[1])),
+            None if schedulers is None else tuple(schedulers),
+        )
+
+
+def guidance_rows(guidance, rows: int) -> np.ndarray:
+    """g as the (rows,) float32 array a student's ``guidance`` input takes (from a float or per-row values)."""
+    values = np.asarray(guidance, dtype=np.float32).reshape(-1)
+    if values.size not in (1, rows):
+        raise MindVideoError(f"expected one guidance value or {rows}", f"{values.size} values", "pass g as a float")
+    return np.ascontiguousarray(np.broadcast_to(values, (rows,)))
+
+
+def check_guidance(facts: UNetFacts, guidance, where: str) -> None:
+    """A student's UNet needs g, a teacher's takes none (the same refusals as the PyTorch UNet's)."""
+    if facts.guidance_embedding and guidance is None:
+        raise MindVideoError(
+            f"expected a guidance input g for the student UNet of {where}",
+            "guidance=None",
+            "bind it: functools.partial(backend.denoise, guidance=g)",
+        )
+    if not facts.guidance_embedding and guidance is not None:
+        raise MindVideoError(
+            f"expected no guidance input for the teacher UNet of {where}",
+            f"guidance={guidance!r}",
+            "use the two-pass guided loop (cond = [negative; positive]), or export a student",
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +115,8 @@ class TorchBackend:
         self.decoder = move(network_module("vae_decoder", parts), self.device, vae_dtype)
         self.scheduler_config = parts["scheduler_config"]
         self.unet_config = parts["unet"].config
+        cfg = self.unet_config
+        self.unet_facts = UNetFacts(cfg.guidance_embedding, cfg.guidance_range, cfg.schedulers)
         self.encoder_config = parts["fmri_encoder"].config
         vae_factor = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
         size = self.unet_config.sample_size
@@ -83,20 +136,29 @@ class TorchBackend:
     def encode(self, fmri: np.ndarray) -> torch.Tensor:
         return self.encoder(torch.from_numpy(fmri).to(self.device, self.dtype))
 
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the UNet is a student: one pass per step with g as an input (``denoise(..., guidance=g)``)."""
+        return self.unet_facts.guidance_embedding
+
     @torch.inference_mode()
-    def denoise(self, x: np.ndarray, t: float, cond: torch.Tensor) -> np.ndarray:
+    def denoise(self, x: np.ndarray, t: float, cond: torch.Tensor, guidance=None) -> np.ndarray:
+        check_guidance(self.unet_facts, guidance, "this checkpoint")
         sample = torch.from_numpy(x).to(self.device, self.dtype)
         timestep = torch.full((x.shape[0],), float(t), device=self.device)
-        eps = self.unet(sample, timestep, cond)
+        g = None if guidance is None else torch.from_numpy(guidance_rows(guidance, x.shape[0])).to(self.device)
+        eps = self.unet(sample, timestep, cond, g) if g is not None else self.unet(sample, timestep, cond)
         return eps.float().contiguous().cpu().numpy()
 
     @property
     def unet_dtype(self) -> torch.dtype:
         return self.dtype
 
-    def device_unet(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def device_unet(
+        self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor, guidance: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The UNet on device tensors (what :class:`~mindvideo.engine.GraphedLoop` steps and captures)."""
-        return self.unet(sample, timestep, cond)
+        return self.unet(sample, timestep, cond) if guidance is None else self.unet(sample, timestep, cond, guidance)
 
     @torch.inference_mode()
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -142,6 +204,7 @@ class OnnxRuntimeBackend:
         self.providers = providers
         self.scheduler_config = self.exported.scheduler_config
         self.dtypes = {name: np.dtype(spec.inputs[0].dtype) for name, spec in self.specs.items()}
+        self.unet_facts = UNetFacts.from_spec(self.specs["unet"])
         _, window, voxels = self.specs["fmri_encoder"].inputs[0].shape
         _, channels, _, h, w = self.specs["unet"].inputs[0].shape
         height = self.specs["vae_decoder"].outputs[0].shape[2]
@@ -157,11 +220,19 @@ class OnnxRuntimeBackend:
     def encode(self, fmri: np.ndarray) -> np.ndarray:
         return self._run("fmri_encoder", fmri=fmri.astype(self.dtypes["fmri_encoder"], copy=False))
 
-    def denoise(self, x: np.ndarray, t: float, cond: np.ndarray) -> np.ndarray:
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the exported UNet is a student's (it has a ``guidance`` input)."""
+        return self.unet_facts.guidance_embedding
+
+    def denoise(self, x: np.ndarray, t: float, cond: np.ndarray, guidance=None) -> np.ndarray:
+        check_guidance(self.unet_facts, guidance, "this export")
         dtype = self.dtypes["unet"]
         timestep = np.full((x.shape[0],), t, dtype=np.float32)
-        eps = self._run("unet", sample=x.astype(dtype, copy=False), timestep=timestep, encoder_hidden_states=cond)
-        return eps.astype(np.float32, copy=False)
+        inputs = {"sample": x.astype(dtype, copy=False), "timestep": timestep, "encoder_hidden_states": cond}
+        if guidance is not None:
+            inputs["guidance"] = guidance_rows(guidance, x.shape[0])  # float32 whatever the graph precision
+        return self._run("unet", **inputs).astype(np.float32, copy=False)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         images = self._run("vae_decoder", latent=latents.astype(self.dtypes["vae_decoder"], copy=False))

@@ -4,10 +4,16 @@ The same encoder → loop → decoder pipeline as :class:`mindvideo.pipeline.Min
 guidance, schedulers), but the loop is :func:`mindvideo.engine.run_loop` (C, GIL released, no Python per update) and
 the networks come from a backend (:mod:`mindvideo.engine.backends`): eager or compiled PyTorch, onnxruntime,
 TensorRT.
+
+A distilled student (its UNet takes the guidance scale g as an input: ``backend.guidance_input``) runs as in the
+pipeline: only the positive conditions, one UNet pass of B rows per step with g bound into the denoiser
+(``denoise(x, t, cond)`` stays the loop's one seam), and — with LCM — the re-noising noise drawn after the initial
+latents from the same seeded generator, precomputed into one ``(S − 1, B, 4, F, h, w)`` buffer for every loop.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,10 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mindvideo.errors import MindVideoError
-from mindvideo.pipeline import GenerationConfig, check_fmri, check_negative_rows, generation_size
-from mindvideo.sampling import SCHEDULERS, initial_latents, make_scheduler
+from mindvideo.pipeline import GenerationConfig, check_fmri, check_negative_rows, check_student, generation_size
+from mindvideo.sampling import SCHEDULERS, initial_latents, initial_noise, make_scheduler, step_noise
 
-from .backends import check_profile
+from .backends import UNetFacts, check_profile
 from .host_loop import run_loop
 from .schedule import make_plan
 
@@ -34,6 +40,7 @@ class StageTimes:
     decode: float = 0.0
     steps: int = 0
     extra: dict = field(default_factory=dict)
+    unet_evals: int = 0  # UNet evaluations per clip: 2·S for a guided teacher, S for a student or unguided run
 
     @property
     def total(self) -> float:
@@ -50,8 +57,8 @@ class Runtime:
     backend); ``"device"`` — the per-step Python loop over device buffers with the fused update
     (:meth:`GraphedLoop.run_eager`, backends with ``device_unet``); ``"graph"`` — the same steps captured once per
     configuration into a CUDA graph and replayed with one launch per clip (CUDA only); ``"auto"`` — ``graph`` for the
-    torch backend on a CUDA device with a deterministic sampler, else ``c`` (TensorRT takes ``graph`` on request
-    only, until that path has run on a GPU).
+    torch backend on a CUDA device unless the sampler is DDIM with η > 0 (its noise comes per step), else ``c``
+    (TensorRT takes ``graph`` on request only, until that path has run on a GPU).
     """
 
     def __init__(self, backend, scheduler_config: dict | None = None, transform=None, loop: str = "auto"):
@@ -75,6 +82,20 @@ class Runtime:
         self.default_negative = None if transform is None else transform.negative_fmri
         self.times = StageTimes()
         self._plans: dict[tuple, object] = {}
+        self.unet_facts = getattr(backend, "unet_facts", UNetFacts())
+
+    @property
+    def single_pass(self) -> bool:
+        """A student UNet: one pass per step with g as an input, only the positive condition."""
+        return self.unet_facts.guidance_embedding
+
+    def guided(self, cfg: GenerationConfig) -> bool:
+        """Two UNet rows per clip ([negative; positive]) and the guidance mix: a teacher with g > 1."""
+        return cfg.guidance_scale > 1.0 and not self.single_pass
+
+    def unet_evals(self, cfg: GenerationConfig) -> int:
+        """UNet evaluations per clip: 2·S for a guided teacher, S for a student (or an unguided run)."""
+        return (2 if self.guided(cfg) else 1) * cfg.num_inference_steps
 
     @property
     def geometry(self):
@@ -93,10 +114,11 @@ class Runtime:
         backends the UNet call it implies (rows, frames, size) inside the export's profile — checked up front, so a
         stream cannot fail mid-scan on a shape the engine was not built for."""
         shape, factor = self.latent_shape(batch, cfg), self.geometry.vae_factor
+        check_student(self.unet_facts, cfg.scheduler, cfg.guidance_scale)
         specs = getattr(self.backend, "specs", None)
         if specs is not None:
             spec = specs["unet"]
-            rows = 2 * batch if cfg.guidance_scale > 1.0 else batch
+            rows = 2 * batch if self.guided(cfg) else batch
             check_profile(spec, spec.inputs[0].shape, [rows, *shape[1:]], spec.inputs[0].name)
         return shape[3] * factor, shape[4] * factor
 
@@ -142,49 +164,82 @@ class Runtime:
         neg = None if negative is None else check_fmri(negative, g.window_size, g.num_voxels, "negative fMRI").numpy()
         shape = self.latent_shape(x.shape[0], cfg)
         plan = self.plan(cfg)
-        guided = cfg.guidance_scale > 1.0
-        # 1. conditions
+        check_student(self.unet_facts, cfg.scheduler, cfg.guidance_scale)
+        if neg is not None and self.single_pass:
+            log.warning("a distilled student ignores the negative fMRI: its negative was fixed at distillation")
+        # 1. conditions (a student: the positive ones only)
         start = time.perf_counter()
-        cond = self.conditions(x, neg, guided)
+        cond = self.conditions(x, neg, self.guided(cfg))
         encoded = time.perf_counter()
         # 2. the loop: C-backed (one denoise call per step), or on the device (captured into a CUDA graph)
-        latents = initial_latents(shape, cfg.seed, plan.init_noise_sigma).numpy()
-        if self.loop == "c" or (plan.stochastic and self.auto):  # a graph replays no fresh noise
-            noise = _variance_noise(shape, cfg.seed) if plan.stochastic else None
-            latents = run_loop(
-                self.backend.denoise, plan, latents, cond, guidance_scale=cfg.guidance_scale, variance_noise=noise
-            )
+        latents, noise = self.noise(shape, cfg, plan)
+        if self.loop == "c" or (self.auto and plan.stochastic and noise is None):  # DDIM η: noise drawn per step
+            latents = self.host_loop(plan, latents, cond, cfg, noise)
         else:
-            latents = self.device_loop(plan, latents, cond, cfg.guidance_scale)
+            latents = self.device_loop(plan, latents, cond, cfg.guidance_scale, noise)
         looped = time.perf_counter()
         # 3. decode per frame, in chunks
         video = self.decode(latents, cfg.decode_chunk)
         self.times = StageTimes(encoded - start, looped - encoded, time.perf_counter() - looped, plan.num_steps)
+        self.times.unet_evals = self.unet_evals(cfg)
         if output == "float":
             return video
         return np.round(video.transpose(0, 2, 3, 4, 1) * 255).astype(np.uint8)  # (B, F, H, W, 3)
 
-    def device_loop(self, plan, latents: np.ndarray, cond, guidance_scale: float) -> np.ndarray:
+    @staticmethod
+    def noise(shape: tuple[int, ...], cfg: GenerationConfig, plan) -> tuple[np.ndarray, np.ndarray | None]:
+        """The initial latents by the noise convention and, for LCM, the step noise drawn after them from the same
+        generator, ``(S − 1, *shape)`` (``None`` for other samplers)."""
+        if plan.sampler != "lcm":
+            return initial_latents(shape, cfg.seed, plan.init_noise_sigma).numpy(), None
+        latents, generator = initial_noise(shape, cfg.seed, plan.init_noise_sigma)
+        return latents.numpy(), step_noise(generator, shape, plan.num_steps).numpy()
+
+    def host_loop(self, plan, latents: np.ndarray, cond, cfg: GenerationConfig, noise: np.ndarray | None):
+        """The C loop over host buffers; a student's g is bound into the one ``denoise(x, t, cond)`` seam."""
+        denoise = self.backend.denoise
+        if self.single_pass:
+            denoise = functools.partial(denoise, guidance=cfg.guidance_scale)
+        variance_noise = _variance_noise(latents.shape, cfg.seed) if plan.stochastic and noise is None else None
+        return run_loop(
+            denoise,
+            plan,
+            latents,
+            cond,
+            guidance_scale=cfg.guidance_scale,
+            variance_noise=variance_noise,
+            step_noise=noise,
+            single_pass=self.single_pass,
+        )
+
+    def device_loop(
+        self, plan, latents: np.ndarray, cond, guidance_scale: float, noise: np.ndarray | None = None
+    ) -> np.ndarray:
         """The loop on the backend's device: a cached :class:`GraphedLoop` per configuration, replayed (``graph``)
-        or stepped from Python (``device``)."""
+        or stepped from Python (``device``); LCM's step noise goes in as a static buffer."""
         import torch
 
         from .cuda_graph import GraphCache
 
         backend = self.backend
-        if plan.stochastic:
+        if plan.stochastic and noise is None:
             raise MindVideoError(
-                "expected a deterministic sampler for the device loop", "DDIM with eta > 0", "use --loop c"
+                "expected a sampler without per-step noise draws for the device loop",
+                "DDIM with eta > 0",
+                "use --loop c, or eta 0",
             )
         if self._graphs is None:
             # TensorRT: one captured shape at a time — every loop shares one execution context, and replaying a
             # graph captured with other input shapes than the context's current ones is not documented as safe
             keep = 1 if backend.name == "tensorrt" else 8
-            self._graphs = GraphCache(backend.device_unet, backend.device, backend.unet_dtype, max_loops=keep)
+            self._graphs = GraphCache(
+                backend.device_unet, backend.device, backend.unet_dtype, max_loops=keep, single_pass=self.single_pass
+            )
         x = torch.from_numpy(latents).to(backend.device)
         c = torch.as_tensor(cond).to(backend.device, backend.unet_dtype)
+        z = torch.from_numpy(noise).to(backend.device) if plan.stochastic else None  # 1 LCM step: no noise
         loop = self._graphs.get(plan, tuple(x.shape), tuple(c.shape), guidance_scale)
-        out = loop(x, c) if self.loop == "graph" else loop.run_eager(x, c)
+        out = loop(x, c, z) if self.loop == "graph" else loop.run_eager(x, c, z)
         return out.float().cpu().numpy()
 
     def decode(self, latents: np.ndarray, chunk: int = 16) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 
 from mindvideo.errors import MindVideoError
 
-from .backends import Geometry, check_profile
+from .backends import Geometry, UNetFacts, check_guidance, check_profile, guidance_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class TensorRTBackend:
         self.exported = load_export(export_dir)
         self.specs = self.exported.specs
         self.scheduler_config = self.exported.scheduler_config
+        self.unet_facts = UNetFacts.from_spec(self.specs["unet"])
         target = current_target()  # refuses without a CUDA device
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self.contexts, self.buffers = {}, {}, {}
@@ -115,10 +116,18 @@ class TensorRTBackend:
     def encode(self, fmri: np.ndarray) -> torch.Tensor:
         return self._execute("fmri_encoder", {"fmri": fmri}).clone()
 
-    def denoise(self, x: np.ndarray, t: float, cond: torch.Tensor) -> np.ndarray:
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the UNet engine is a student's (it has a ``guidance`` input)."""
+        return self.unet_facts.guidance_embedding
+
+    def denoise(self, x: np.ndarray, t: float, cond: torch.Tensor, guidance=None) -> np.ndarray:
+        check_guidance(self.unet_facts, guidance, "this export")
         timestep = np.full((x.shape[0],), t, dtype=np.float32)
-        eps = self._execute("unet", {"sample": x, "timestep": timestep, "encoder_hidden_states": cond})
-        return eps.float().cpu().numpy()
+        inputs = {"sample": x, "timestep": timestep, "encoder_hidden_states": cond}
+        if guidance is not None:
+            inputs["guidance"] = guidance_rows(guidance, x.shape[0])
+        return self._execute("unet", inputs).float().cpu().numpy()
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return self._execute("vae_decoder", {"latent": latents}).float().cpu().numpy()
@@ -130,14 +139,18 @@ class TensorRTBackend:
         """The dtype of the UNet engine's ``sample`` input (what :class:`~mindvideo.engine.GraphedLoop` feeds)."""
         return self.buffers["unet"]["sample"].dtype
 
-    def device_unet(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def device_unet(
+        self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor, guidance: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The UNet engine on CUDA tensors, enqueued on the *current* stream without a host sync, so that a CUDA-graph
         capture of the whole loop (:class:`~mindvideo.engine.GraphedLoop`) records it with the update kernels.
 
         Inputs are copied into the bound buffers (the copies are captured too: each replayed step copies its own
         timestep row), so the engine's addresses never change between capture and replay. Returns the dense output
-        prefix, valid until the next call."""
-        inputs = dict(zip((t.name for t in self.specs["unet"].inputs), (sample, timestep, cond)))
+        prefix, valid until the next call. ``guidance``: a student engine's (N,) float32 g input."""
+        check_guidance(self.unet_facts, guidance, "this export")
+        values = (sample, timestep, cond) if guidance is None else (sample, timestep, cond, guidance)
+        inputs = dict(zip((t.name for t in self.specs["unet"].inputs), values))
         return self._enqueue("unet", inputs, torch.cuda.current_stream(self.device))
 
     def info(self) -> dict[str, Any]:

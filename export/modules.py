@@ -1,7 +1,9 @@
 """The ``nn.Module`` each exported graph is traced from, with the exact signature of its :class:`ExportSpec`.
 
-The encoder and the UNet export as they are. The VAE decoder gets a thin wrapper that folds in what every caller
-does around ``vae.decode``: undo the latent scaling (``latent / scaling_factor``) and map ``[-1, 1]`` to ``[0, 1]``.
+The encoder and the UNet export as they are: a student UNet's ``forward(sample, timestep, encoder_hidden_states,
+guidance)`` takes the spec's fourth input, ``guidance`` (g per row), positionally like the others. The VAE decoder
+gets a thin wrapper that folds in what every caller does around ``vae.decode``: undo the latent scaling
+(``latent / scaling_factor``) and map ``[-1, 1]`` to ``[0, 1]``.
 The runtime's PyTorch backend should call these same modules so every backend computes one function.
 """
 

@@ -15,7 +15,8 @@ Shapes are tuples whose entries are ints (static) or axis names (dynamic). The n
 
     fmri_encoder  fmri (batch, W, V)                                  → cond (batch, L, D)
     unet          sample (batch, 4, frames, h, w), timestep (batch,),
-                  encoder_hidden_states (batch, L, D)                 → noise_pred (batch, 4, frames, h, w)
+                  encoder_hidden_states (batch, L, D)
+                  [, guidance (batch,) — a distilled student only]     → noise_pred (batch, 4, frames, h, w)
     vae_decoder   latent (frames, 4, h, w)                             → images (frames, 3, H, W) in [0, 1]
 
 The decoder works per frame: its ``frames`` axis counts frame latents (B·F of a batch of clips). The VAE is an image
@@ -23,6 +24,10 @@ model, so a per-frame graph is exactly the model, lets the runtime decode a clip
 (streaming, bounded activation memory: one SD-1.5 decoder frame at 256² is 620 GFLOP and ~100 MB of activations),
 and needs one dynamic axis instead of two. The runtime turns ``(B, 4, F, h, w)`` into ``(B·F, 4, h, w)`` with one
 transpose.
+
+A student UNet (``guidance_embedding`` in its config) takes the guidance scale g as a fourth input, ``guidance``
+(batch,) float32 like ``timestep``, and runs one row per clip (no [negative; positive] doubling). A teacher's spec
+has no such input and is unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ NETWORKS = ("fmri_encoder", "unet", "vae_decoder")
 ATTENTION_MODES = ("onnx", "plugin")  # how the UNet's sparse-causal attention is written (see export/plugin.py)
 GRAPH_DTYPES = {"fp32": "float32", "fp16": "float16"}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+DEFAULT_GUIDANCE_RANGE = (1.0, 10.0)  # where a student's sample inputs draw g when its config names no range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +114,9 @@ class ExportSpec:
     precision: str = "fp32"
     trace_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
     attention: str = "onnx"  # the UNet's sparse-causal attention: plain ops, or one TensorRT plugin node
+    # a student UNet: {"guidance_range": [lo, hi] | None, "schedulers": [...] | None} from its config, so a runtime
+    # refuses the schedulers it was not distilled for without the checkpoint; None for a teacher
+    student: Mapping[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------------- shapes
 
@@ -192,6 +201,7 @@ class ExportSpec:
             "trace_dims": dict(self.trace_dims),
             # recorded only when not the default, so exports made before the option existed keep their cache keys
             **({"attention": self.attention} if self.attention != "onnx" else {}),
+            **({"student": dict(self.student)} if self.student is not None else {}),
         }
 
     @classmethod
@@ -204,6 +214,7 @@ class ExportSpec:
             axes={k: Axis(**a) for k, a in data["axes"].items()},
             trace_dims=dict(data.get("trace_dims", {})),
             attention=_attention(data.get("attention", "onnx")),
+            student=data.get("student"),
         )
 
 
@@ -238,6 +249,9 @@ class NetworkShapes:
     vae_scale: int  # pixels per latent (8)
     image_channels: int  # 3
     default_latent: int  # the UNet's sample_size
+    guidance_input: bool = False  # a distilled student: g is a UNet input
+    guidance_range: tuple[float, float] | None = None  # the g range it was distilled for (sample inputs draw there)
+    schedulers: tuple[str, ...] | None = None  # the schedulers a student was distilled for (None: any)
 
     @classmethod
     def from_configs(
@@ -260,6 +274,9 @@ class NetworkShapes:
             vae_scale=2 ** (len(vae.get("block_out_channels", (1, 1, 1, 1))) - 1),
             image_channels=int(vae.get("out_channels", 3)),
             default_latent=int(unet.get("sample_size", 64)),
+            guidance_input=bool(unet.get("guidance_embedding", False)),
+            guidance_range=None if unet.get("guidance_range") is None else tuple(map(float, unet["guidance_range"])),
+            schedulers=None if unet.get("schedulers") is None else tuple(unet["schedulers"]),
         )
 
 
@@ -267,8 +284,8 @@ class NetworkShapes:
 class SpecOptions:
     """User choices that shape the graphs: precisions, image size, and the batch/frame ranges.
 
-    ``batch`` counts UNet/encoder rows (a guided clip is 2 rows); ``frames`` is the clip length F; the decoder's
-    ``frames`` axis (frame latents per call) defaults to ``1 : frames.opt : frames.max``.
+    ``batch`` counts UNet/encoder rows (a guided teacher clip is 2 rows, a student's 1); ``frames`` is the clip
+    length F; the decoder's ``frames`` axis (frame latents per call) defaults to ``1 : frames.opt : frames.max``.
     """
 
     precision: str = "fp32"
@@ -304,6 +321,22 @@ def latent_size(shapes: NetworkShapes, options: SpecOptions) -> tuple[int, int]:
     return height // shapes.vae_scale, width // shapes.vae_scale
 
 
+def _guidance_input(shapes: NetworkShapes) -> tuple[TensorSpec, ...]:
+    """A student's ``guidance`` input (g per row, fp32 like the timestep: its embedding is fp32); none for teachers."""
+    if not shapes.guidance_input:
+        return ()
+    return (TensorSpec("guidance", ("batch",), "float32", shapes.guidance_range or DEFAULT_GUIDANCE_RANGE),)
+
+
+def _student(shapes: NetworkShapes) -> dict[str, Any] | None:
+    if not shapes.guidance_input:
+        return None
+    return {
+        "guidance_range": None if shapes.guidance_range is None else list(shapes.guidance_range),
+        "schedulers": None if shapes.schedulers is None else list(shapes.schedulers),
+    }
+
+
 def build_specs(shapes: NetworkShapes, options: SpecOptions) -> dict[str, ExportSpec]:
     """The three specs for one checkpoint and one set of options."""
     options.validate()
@@ -327,12 +360,14 @@ def build_specs(shapes: NetworkShapes, options: SpecOptions) -> dict[str, Export
             TensorSpec("sample", latent, dtype),
             TensorSpec("timestep", ("batch",), "float32", (0.0, 999.0)),  # fp32 always: the embedding is fp32
             TensorSpec("encoder_hidden_states", ("batch", shapes.cond_tokens, shapes.cond_dim), dtype),
+            *_guidance_input(shapes),
         ),
         outputs=(TensorSpec("noise_pred", ("batch", shapes.unet_out_channels, "frames", h, w), dtype),),
         axes={"batch": batch, "frames": frames},
         precision=options.precision,
         trace_dims=trace,
         attention=options.attention,
+        student=_student(shapes),
     )
     size = (h * shapes.vae_scale, w * shapes.vae_scale)
     decoder = ExportSpec(

@@ -122,3 +122,22 @@ def lcm_inputs(steps: int, guidance_scale: float, seed: int = 3):
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual − expected| / max |expected|."""
     return float(np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max())
+
+
+def make_student_checkpoint(teacher, folder, perturb: float = 0.1, **changes: Any):
+    """A copy of checkpoint folder ``teacher`` whose UNet is ``VideoUNet.student_of`` its UNet (``changes`` set e.g.
+    ``schedulers``), the guidance embedding perturbed by ``perturb`` so that g changes the output."""
+    import shutil
+
+    from mindvideo.checkpoint import load_unet, save_component
+    from mindvideo.models import VideoUNet
+
+    shutil.copytree(teacher, folder)
+    student = VideoUNet.student_of(load_unet(teacher / "unet"), **changes)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for p in student.guidance_embedding.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * perturb)
+    shutil.rmtree(folder / "unet")
+    save_component(student, folder / "unet")
+    return folder
