@@ -91,7 +91,7 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 def bench_sparse(frames: int, n: int, d: int, dtype: torch.dtype, warmup: int, reps: int, flush) -> dict:
     import torch.nn.functional as F
 
-    from mindvideo.kernels.aot import plugin_tile
+    from mindvideo.kernels.plugin_abi import plugin_tile
     from mindvideo.kernels.reference import gather_frames, sparse_causal_reference, sparse_causal_sdpa
     from mindvideo.kernels.sparse_causal import (
         _sparse_causal_fwd_tuned,

@@ -51,7 +51,7 @@ def fingerprint() -> str:
     digest = hashlib.sha256()
     kernel_dir = Path(kernels.__file__).parent
     for source in (
-        *(kernel_dir / n for n in ("sparse_causal.py", "aot.py", "checks.py", "reference.py")),
+        *(kernel_dir / n for n in ("sparse_causal.py", "aot.py", "plugin_abi.py", "checks.py", "reference.py")),
         Path(__file__),
     ):
         digest.update(source.read_bytes())
@@ -103,7 +103,7 @@ def register() -> None:
     import numpy.typing as npt
     import tensorrt.plugin as trtp
 
-    from mindvideo.kernels import aot
+    from mindvideo.kernels import aot, plugin_abi
 
     dtypes = {trt.float16: "fp16", trt.bfloat16: "bf16", trt.float32: "fp32"}
     ptx_version = aot.driver_ptx_version()  # PTX the driver here can load (Triton's default may be newer)
@@ -139,7 +139,7 @@ def register() -> None:
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006, UP007
         dims = q.shape_expr  # (B, F, heads, N, d): heads and d are static, N too for a fixed resolution
         dtype, head_dim, tokens = dtypes[q.dtype], _constant(dims[4], "head dim"), _constant_or_none(dims[3])
-        block_n = aot.plugin_tile(dtype, head_dim)[1]
+        block_n = plugin_abi.plugin_tile(dtype, head_dim)[1]
         kernel = aot.compile_sparse_causal_plugin(
             dtype,
             num_heads=_constant(dims[2], "heads"),
@@ -150,10 +150,10 @@ def register() -> None:
             ptx_version=ptx_version,
         )
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = aot.plugin_grid(tuple(dims), kernel.block_m, trtp.cdiv)
+        launch.grid_x = plugin_abi.plugin_grid(tuple(dims), kernel.block_m, trtp.cdiv)
         launch.block_x = kernel.num_warps * 32
         launch.shared_mem = kernel.shared
-        scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in aot.plugin_scalars(tuple(dims))])
+        scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in plugin_abi.plugin_scalars(tuple(dims))])
         return kernel.name, kernel.ptx, launch, scalars
 
     @trtp.impl(PLUGIN_ID)

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from . import checks
+from .plugin_abi import DOT_PRECISION, plugin_grid, plugin_scalars, plugin_tile
 from .reference import FrameOffsets, encode_offsets, source_frames, sparse_causal_sdpa
 
 LOG2E = 1.4426950408889634  # the kernel works in base 2: exp(x) = exp2(x·log2 e)
@@ -402,16 +403,14 @@ def sparse_causal_plugin_attention(
     """Launch ``_sparse_causal_plugin_kernel`` exactly as the TensorRT plugin does; ``q, k, v, out``: contiguous
     ``(B, F, heads, N, d)``, fp16/bf16/fp32.
 
-    Same argument order, constexprs, grid (:func:`.aot.plugin_grid`), int32 scalars (:func:`.aot.plugin_scalars`),
-    tile (:func:`.aot.plugin_tile`) and dot precision as :func:`.aot.compile_sparse_causal_plugin`, so the CPU
-    interpreter tests check the calling convention TensorRT uses. ``out``: the output buffer (TensorRT passes its
-    own), by default a new one. ``config``: fixed ``{"BLOCK_M", "BLOCK_N"[, "num_warps", "num_stages"]}`` instead
-    of the plugin's tile (the interpreter uses small tiles by default).
+    Same argument order, constexprs, grid, int32 scalars, tile and dot precision (:mod:`.plugin_abi`) as
+    :func:`.aot.compile_sparse_causal_plugin`, so the CPU interpreter tests check the calling convention TensorRT
+    uses. ``out``: the output buffer (TensorRT passes its own), by default a new one. ``config``: fixed
+    ``{"BLOCK_M", "BLOCK_N"[, "num_warps", "num_stages"]}`` instead of the plugin's tile (the interpreter uses small
+    tiles by default).
 
     Raises ``ValueError`` naming the first thing the kernel cannot take.
     """
-    from .aot import DOT_PRECISION, plugin_grid, plugin_scalars, plugin_tile
-
     problem = _plugin_problem(q, k, v, frame_offsets)
     if problem:
         raise ValueError(f"sparse_causal_plugin_attention (triton): {problem}")

@@ -160,12 +160,12 @@ def test_plugin_ptx_runs_as_tensorrt_launches_it(n, d, dtype, gen):
     scratch pointers null), the grid from ``plugin_grid`` and the block/shared memory the plugin declares."""
     import ctypes
 
-    from mindvideo.kernels import aot
+    from mindvideo.kernels import aot, plugin_abi
 
     driver = _cuda_driver()
     torch.zeros(1, device="cuda")  # torch's primary context is current: the module loads into it
     frames, offsets = 6, (-2, -1)
-    tile_n = aot.plugin_tile(dtype, d)[1]
+    tile_n = plugin_abi.plugin_tile(dtype, d)[1]
     kernel = aot.compile_sparse_causal_plugin(
         dtype, 8, d, offsets, None, even_n=n % tile_n == 0, ptx_version=aot.driver_ptx_version()
     )
@@ -174,8 +174,8 @@ def test_plugin_ptx_runs_as_tensorrt_launches_it(n, d, dtype, gen):
         function = _ok(driver, driver.cuModuleGetFunction(module, kernel.name.encode()))
         q, k, v = (torch.randn(2, frames, 8, n, d, generator=gen).to("cuda", DTYPES[dtype]) for _ in range(3))
         out = poisoned_like(q)
-        grid = aot.plugin_grid(tuple(q.shape), kernel.block_m, lambda a, b: -(-a // b))
-        scalars = aot.plugin_scalars(tuple(q.shape))
+        grid = plugin_abi.plugin_grid(tuple(q.shape), kernel.block_m, lambda a, b: -(-a // b))
+        scalars = plugin_abi.plugin_scalars(tuple(q.shape))
         values = (q.data_ptr(), k.data_ptr(), v.data_ptr(), *scalars, out.data_ptr(), 0, 0)
         types = (ctypes.c_void_p,) * 3 + (ctypes.c_int,) * 2 + (ctypes.c_void_p,) * 3
         stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)

@@ -23,7 +23,7 @@ from kernel_cases import (
     skip_unless_runs,
 )
 
-from mindvideo.kernels import aot
+from mindvideo.kernels import aot, plugin_abi
 from mindvideo.kernels.reference import FIRST_FRAME, encode_offsets, source_frames, sparse_causal_reference
 
 pytestmark = requires_triton
@@ -124,10 +124,10 @@ def test_grid_and_scalars_build_from_shape_expressions():
     def cdiv(a, b):
         return _ShapeExpr(-(-a.value // b))
 
-    grid = aot.plugin_grid(tuple(map(_ShapeExpr, shape)), 64, cdiv)
+    grid = plugin_abi.plugin_grid(tuple(map(_ShapeExpr, shape)), 64, cdiv)
     assert isinstance(grid, _ShapeExpr) and grid.value == 2 * 6 * 8 * 2
-    assert aot.plugin_grid(shape, 64, lambda a, b: -(-a // b)) == 2 * 6 * 8 * 2
-    assert aot.plugin_scalars(shape) == (6, 77)
+    assert plugin_abi.plugin_grid(shape, 64, lambda a, b: -(-a // b)) == 2 * 6 * 8 * 2
+    assert plugin_abi.plugin_scalars(shape) == (6, 77)
 
 
 def test_encoded_offsets_pick_the_same_frames():
@@ -173,9 +173,9 @@ def test_compile_refuses_the_interpreter_and_bad_arguments(monkeypatch):
         with pytest.raises(RuntimeError, match="imported under TRITON_INTERPRET"):
             aot.compile_sparse_causal_plugin("fp16", 8, 40, (-2, -1), None, even_n=False, arch=90)
     with pytest.raises(ValueError, match="dtype"):
-        aot.plugin_tile("fp8", 40)
+        plugin_abi.plugin_tile("fp8", 40)
     with pytest.raises(ValueError, match="head dim"):
-        aot.plugin_tile("fp16", 320)
+        plugin_abi.plugin_tile("fp16", 320)
 
 
 def _compiler_env() -> dict[str, str]:
@@ -201,12 +201,13 @@ def test_plugin_compiles_for_sm90_within_tensorrt_limits():
         # TensorRT's order: 3 input pointers, the int32 F and N, the output pointer; then Triton's scratch pointers
         assert row["params"][:6] == ["u64", "u64", "u64", "u32", "u32", "u64"], row
         assert all(p == "u64" for p in row["params"][6:]) and row["params_read"] == [0, 1, 2, 3, 4, 5], row
-        assert row["shared"] <= aot.MAX_SHARED, row
+        assert row["shared"] <= plugin_abi.MAX_SHARED, row
         assert " STACK:0 " in f" {row['usage']} ", f"register spills: {row}"
         block_m = row["block_m"]
-        assert block_m == aot.plugin_tile(row["dtype"], row["head_dim"])[0]  # what the torch launcher uses on CUDA
+        # the tile the torch launcher uses on CUDA
+        assert block_m == plugin_abi.plugin_tile(row["dtype"], row["head_dim"])[0]
         b, f, h, n = 2, 6, 8, 77
-        assert aot.plugin_grid((b, f, h, n, row["head_dim"]), block_m, lambda a, c: -(-a // c)) == (
+        assert plugin_abi.plugin_grid((b, f, h, n, row["head_dim"]), block_m, lambda a, c: -(-a // c)) == (
             math.ceil(n / block_m) * b * f * h
         )
     assert done.returncode == 0
@@ -215,8 +216,8 @@ def test_plugin_compiles_for_sm90_within_tensorrt_limits():
 @requires_ptxas
 def test_compile_refuses_more_shared_memory_than_tensorrt_gives():
     code = (
-        "from mindvideo.kernels import aot\n"
-        "aot.PLUGIN_TILES['bf16', 64] = (128, 128, 8, 3)\n"
+        "from mindvideo.kernels import aot, plugin_abi\n"
+        "plugin_abi.PLUGIN_TILES['bf16', 64] = (128, 128, 8, 3)\n"
         "try:\n"
         "    aot.compile_sparse_causal_plugin('bf16', 8, 64, (-2, -1), None, even_n=True, arch=90)\n"
         "except ValueError as error:\n"
