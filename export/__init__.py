@@ -28,7 +28,8 @@ if __name__ == "mindvideo.export":
     from .modules import VAEDecoderForExport, load_network, network_module
     from .onnx import ExportResult, ExportSettings, NetworkResult, export_onnx, inspect_checkpoint
     from .spec import NETWORKS, Axis, ExportSpec, NetworkShapes, SpecOptions, TensorSpec, build_specs
-    from .tensorrt import build_engines, current_target, engine_for, require_tensorrt
+    from .tensorrt import build_engines, current_target, engine_for
+    from .trt_import import require_tensorrt
     from .verify import TOLERANCE, VerificationError
 
     __all__ = [

@@ -24,22 +24,12 @@ from typing import Any
 from mindvideo.errors import MindVideoError
 
 from . import plugin, trt_plugin
-from .cache import BuildConfig, EngineCache, Target, engine_key
+from .cache import BuildConfig, EngineCache, Target, engine_key, load_engine
 from .manifest import MANIFEST, ExportedModel, load_export, write_json_atomic
 from .spec import ExportSpec
+from .trt_import import require_tensorrt
 
 log = logging.getLogger(__name__)
-
-NOT_INSTALLED = "TensorRT is not installed: pip install mindvideo[gpu]"
-
-
-def require_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or :class:`MindVideoError` saying how to install it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise MindVideoError(NOT_INSTALLED, fix="--format onnx works without it") from None
-    return tensorrt
 
 
 def current_target() -> Target:
@@ -183,8 +173,6 @@ def engine_for(exported: ExportedModel, network: str, target: Target | None = No
     """The checked plan bytes of ``network`` for this machine (the runtime's entry point): the manifest's engine if
     it was built for this target from the current graph, else a matching one in ``engines/``; otherwise a
     :class:`MindVideoError` that says to rebuild."""
-    from .cache import load_engine
-
     target = target or current_target()
     onnx_sha = exported.manifest["networks"][network]["files"][0]["sha256"]
     entry = exported.manifest.get("engines", {}).get(network)

@@ -35,6 +35,7 @@ from typing import Any
 from mindvideo.errors import MindVideoError
 
 from .plugin import DOMAIN, OP
+from .trt_import import require_tensorrt
 
 PLUGIN_ID = f"{DOMAIN}::{OP}"
 MIN_TENSORRT, MAX_TENSORRT = (10, 9), (11, 0)  # [min, max) as (major, minor)
@@ -77,8 +78,6 @@ def tensorrt_problem(version: str) -> str | None:
 
 def require_plugin_tensorrt() -> Any:
     """The ``tensorrt`` module if it can build the plugin, else :class:`MindVideoError` saying what to install."""
-    from .tensorrt import require_tensorrt  # here: tensorrt.py imports this module
-
     trt = require_tensorrt()
     problem = tensorrt_problem(trt.__version__)
     if problem:

@@ -180,7 +180,7 @@ def test_plugin_engines_have_their_own_cache_key():
 def test_registering_the_tensorrt_plugin_without_tensorrt_says_how_to_install():
     from mindvideo.errors import MindVideoError
     from mindvideo.export import trt_plugin
-    from mindvideo.export.tensorrt import NOT_INSTALLED
+    from mindvideo.export.trt_import import NOT_INSTALLED
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
