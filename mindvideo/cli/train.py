@@ -2,7 +2,7 @@
 
 Every stage command takes ``--config FILE`` or ``--preset NAME`` (then ``--set KEY=VALUE`` overrides), ``--data``
 (a prepared folder) and ``--out`` (a new folder, or an old one with ``--resume``). Multi-process runs go through
-torchrun, e.g. ``torchrun --nproc_per_node 2 -m mindvideo.train mbm …`` (or ``torchrun --no-python mindvideo train
+torchrun, e.g. ``torchrun --nproc_per_node 2 -m mindvideo train mbm …`` (or ``torchrun --no-python mindvideo train
 mbm …``).
 """
 
@@ -47,7 +47,7 @@ def train() -> None:
       mindvideo train recipe demo --out runs/demo            # every stage on simulated data, CPU, minutes
       mindvideo train mbm --preset demo --data prepared/ --out runs/mbm
       mindvideo train cotrain --config cotrain.json --data prepared/ --out runs/cotrain --resume
-      torchrun --nproc_per_node 2 -m mindvideo.train mbm --preset demo --data prepared/ --out runs/mbm
+      torchrun --nproc_per_node 2 -m mindvideo train mbm --preset demo --data prepared/ --out runs/mbm
     """
     _quiet_libraries()
 

@@ -2,7 +2,7 @@
 
 ``python -m …``, ``python -c …`` and ``torchrun -m …`` put the working directory first on ``sys.path``; transformers
 (and so diffusers) imports PyPI's ``kernels``, a name our ``kernels/`` folder also has. Each case runs in a fresh
-interpreter whose working directory is the repo root. (``torchrun -m mindvideo.train`` from the root is exercised by
+interpreter whose working directory is the repo root. (``torchrun -m mindvideo train`` from the root is exercised by
 ``tests/train/test_train_distributed.py``.)
 """
 
