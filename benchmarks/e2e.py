@@ -4,7 +4,8 @@ CPU mode (any machine): a checkpoint (default: a tiny random one) through
   * ``pytorch``    — the reference-style eager PyTorch pipeline (diffusers ``scheduler.step`` loop),
   * ``torch``      — eager PyTorch networks driven by the C sampling loop,
   * ``onnxruntime`` — the exported graphs (exported here first) driven by the C sampling loop,
-reporting per-stage latency, frames/s and the ratio to ``pytorch`` measured in the same process.
+reporting per-stage latency, frames/s, UNet evaluations per clip (2·S for a guided teacher, S for a distilled
+student) and the ratio to ``pytorch`` measured in the same process.
 
 GPU mode (``--gpu``, needs CUDA): an SD-1.5-sized random UNet at 256², 60 frames, 25 steps, guided, comparing
   * eager fp32 (reference-style: per-step Python loop, diffusers ``scheduler.step``),
@@ -96,6 +97,9 @@ def cpu_bench(checkpoint: Path | None, frames: int, steps: int, repeats: int, th
             stage: statistics.median(getattr(t, stage) for t in stages) for stage in ("encode", "loop", "decode")
         }
     rows["pytorch"].pop("stages")
+    rows["pytorch"]["unet_evals_per_clip"] = (2 if cfg.guidance_scale > 1.0 and not pipe.is_student else 1) * steps
+    for name, runtime in runtimes.items():
+        rows[name]["unet_evals_per_clip"] = runtime.unet_evals(cfg)
     base = statistics.median(rows["pytorch"]["seconds"])
     for row in rows.values():
         row["median_s"] = statistics.median(row["seconds"])
@@ -170,6 +174,7 @@ def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
     x_in = torch.zeros((2, *shape[1:]), device="cuda", dtype=torch.bfloat16)
     flops = unet_flops(unet, x_in, torch.zeros(2, device="cuda"), cond) * steps
     results["unet_flops_per_clip"] = flops
+    results["unet_evals_per_clip"] = 2 * steps  # guided: [negative; positive] rows, one batched call per step
     results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     for key in ("eager_fp32", "eager_fp16_sdpa", "python_loop_bf16", "cuda_graph_bf16"):
         row = results[key]
@@ -178,6 +183,7 @@ def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
         row["tflops"] = flops / row["median_s"] / 1e12
         row["percent_of_bf16_peak"] = 100 * flops / row["median_s"] / peak
         row["speedup_vs_eager_fp32"] = results["eager_fp32"]["median_s"] / row["median_s"]
+        row["unet_evals_per_clip"] = results["unet_evals_per_clip"]
     results["note"] = "UNet loop only (encoder and VAE decode not included); random SD-1.5-sized weights."
     try:
         results["runtime_end_to_end"] = runtime_bench(frames, steps, repeats)
@@ -226,6 +232,7 @@ def runtime_bench(
                 "stages_median_s": {k: statistics.median(getattr(t, k) for t in stages[1:]) for k in kinds},
                 "frames_per_s": frames / median,
                 "real_time_factor": median / TR_SECONDS,
+                "unet_evals_per_clip": runtime.unet_evals(cfg),
             }
         if cuda:
             out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -4,7 +4,8 @@
     python benchmarks/report.py --readme   # rewrite the table between the markers in README.md, and the PNG plot
     python benchmarks/report.py --check    # exit 1 if README.md's table differs from the results (a test runs this)
 
-One row per (result file, backend): device, model, frames × steps, the backend, median seconds per clip, frames/s,
+One row per (result file, backend): device, model, frames × steps, the backend, median seconds per clip, UNet
+evaluations per clip (2·S for a guided teacher, S for a student), frames/s,
 the real-time factor for a 2-s TR (< 1 keeps up with the scanner), the speed-up over the reference-style eager
 PyTorch pipeline measured in the same run, and the commit and date the file records.
 """
@@ -54,6 +55,7 @@ def rows(results: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
                     f"{r['frames']} × {r['steps']}",
                     backend.replace("_", " "),
                     f"{row['median_s']:.3f}",
+                    str(row.get("unet_evals_per_clip") or _unet_evals(r)),
                     f"{r['frames'] / row['median_s']:.1f}",
                     f"{row['median_s'] / 2.0:.3f}",
                     "–" if row.get("end_to_end") else f"{baseline / row['median_s']:.2f}×",
@@ -63,6 +65,12 @@ def rows(results: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
     return out
 
 
+def _unet_evals(record: dict[str, Any]) -> int:
+    """UNet evaluations per clip of a results file written before they were recorded (all of a teacher)."""
+    guided = record.get("guided", True) if record["mode"] == "gpu" else record.get("guidance", 12.5) > 1.0
+    return (2 if guided else 1) * record["steps"]
+
+
 def _model_name(checkpoint: str) -> str:
     if "assets/demo" in checkpoint:
         return "demo model"
@@ -70,7 +78,8 @@ def _model_name(checkpoint: str) -> str:
 
 
 def markdown(table: list[list[str]]) -> str:
-    head = ["device", "model", "frames × steps", "backend", "s / clip", "frames/s", "RTF (2-s TR)", "vs eager", "run"]
+    head = ["device", "model", "frames × steps", "backend", "s / clip", "UNet evals / clip", "frames/s"]
+    head += ["RTF (2-s TR)", "vs eager", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     return "\n".join(lines)

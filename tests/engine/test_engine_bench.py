@@ -20,6 +20,7 @@ def test_cpu_bench_writes_results(tmp_path):
     assert set(data["backends"]) == {"pytorch", "torch", "onnxruntime"}
     assert {"device", "commit", "command", "date"} <= set(data["provenance"])
     assert all(row["median_s"] > 0 for row in data["backends"].values())
+    assert all(row["unet_evals_per_clip"] == 2 for row in data["backends"].values())  # guided teacher, 1 step
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -45,9 +46,11 @@ def test_readme_table_is_generated_from_the_committed_results(tmp_path):
     }
     table = report.markdown(report.rows([("e2e-x.json", record)]))
     assert (
-        "| onnxruntime | 0.250 | 24.0 | 0.125 | 2.00× |" in table
-        and "| pytorch | 0.500 | 12.0 | 0.250 | 1.00× |" in table
+        "| onnxruntime | 0.250 | 50 | 24.0 | 0.125 | 2.00× |" in table  # a teacher's 2·S, recorded or not
+        and "| pytorch | 0.500 | 50 | 12.0 | 0.250 | 1.00× |" in table
     )
+    record["backends"]["student"] = {"median_s": 0.1, "unet_evals_per_clip": 4}
+    assert "| student | 0.100 | 4 | 60.0 | 0.050 | 5.00× |" in report.markdown(report.rows([("e2e-x.json", record)]))
 
 
 def test_runtime_bench_times_both_loops_per_stage():
@@ -60,3 +63,4 @@ def test_runtime_bench_times_both_loops_per_stage():
         row = result[loop]
         assert row["median_s"] > 0 and set(row["stages_median_s"]) == {"encode", "loop", "decode"}
         assert row["real_time_factor"] == row["median_s"] / 2.0
+        assert row["unet_evals_per_clip"] == 2  # guided teacher, 1 step
