@@ -18,7 +18,8 @@ import click
     "--out", type=click.Path(path_type=Path), help="Result JSON [default: benchmarks/results/e2e-<device>.json]."
 )
 def bench(gpu, checkpoint, frames, steps, repeats, threads, out):
-    """Time every backend side by side, per stage, and write a results JSON (device, commit, command, date).
+    """Time every backend side by side, per stage, with UNet evaluations per clip (2·steps for a guided teacher,
+    steps for a distilled student), and write a results JSON (device, commit, command, date).
 
     \b
     Examples:
