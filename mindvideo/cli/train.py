@@ -58,7 +58,7 @@ def _stage_command(name: str) -> click.Command:
     stage = STAGES[name]
     presets = click.Choice(list(stage.config_class.preset_names))
 
-    @click.command(name, help=f"{stage.summary}\n\n" + _EXAMPLE.format(name=name))
+    @click.command(name, help=f"{stage.summary}\n\n" + _EXAMPLES.get(name, _EXAMPLE).format(name=name))
     @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Stage config JSON.")
     @click.option("--preset", type=presets, help="A built-in config: tiny (tests), demo (small data), reference.")
     @click.option("--data", type=click.Path(path_type=Path), help="Prepared data folder (`mindvideo data prepare`).")
@@ -67,9 +67,10 @@ def _stage_command(name: str) -> click.Command:
     @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
     @click.option("--stop-at", type=int, help="Save and stop after this step (resume later with --resume).")
     @click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
-    def command(config_path, preset, data, out, overrides, resume, stop_at, print_config) -> None:
+    def command(config_path, preset, data, out, overrides, resume, stop_at, print_config, mode=None) -> None:
         from mindvideo.train import resolve_config, run_stage
 
+        overrides = (f"mode={mode}", *overrides) if mode else overrides
         config = resolve_config(
             name, config_path=config_path, preset=preset, overrides=overrides, validate=not print_config
         )
@@ -83,6 +84,14 @@ def _stage_command(name: str) -> click.Command:
             rows = [("stage", name), ("step", result["step"]), *result["metrics"].items(), ("output", out)]
             _table(rows, title=f"mindvideo train {name}")
 
+    if name == "distill":
+        from mindvideo.train.stages.distill import MODES
+
+        command = click.option(
+            "--mode",
+            type=click.Choice(MODES),
+            help="guidance: one pass with g as an input; consistency: LCM, few steps (sets the config's mode).",
+        )(command)
     return command
 
 
@@ -91,6 +100,16 @@ Example:
   mindvideo train {name} --preset demo --data prepared/ --out runs/{name}
   mindvideo train {name} --preset demo --print-config > {name}.json
   mindvideo train {name} --config {name}.json --data prepared/ --out runs/{name} --set train.steps=100"""
+
+_EXAMPLES = {
+    "distill": """\b
+Example:
+  mindvideo train distill --mode guidance --preset demo --data prepared/ --out runs/distill-guidance \\
+      --set teacher=runs/cotrain
+  mindvideo train distill --mode consistency --preset demo --data prepared/ --out runs/distill-consistency \\
+      --set teacher=runs/distill-guidance
+  mindvideo generate --checkpoint runs/distill-consistency/model --fmri w.npy --scheduler lcm --steps 4 --out x.mp4"""
+}
 
 
 @train.command("recipe")
@@ -139,5 +158,5 @@ def _curve(summary: dict) -> str:
     )
 
 
-for _name in ("vae", "clip", "mbm", "contrastive", "unet-text", "cotrain"):
+for _name in ("vae", "clip", "mbm", "contrastive", "unet-text", "cotrain", "distill"):
     train.add_command(_stage_command(_name))

@@ -149,6 +149,15 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in unwrap(model).named_parameters() if p.requires_grad]
 
 
+def evolving_names(model: nn.Module) -> list[str]:
+    """State-dict keys of frozen state that still changes during training (e.g. an EMA target network), declared by
+    the objective's ``evolving_state`` prefixes; saved with the trainable parameters so a run resumes exactly."""
+    from mindvideo.train.distributed import unwrap
+
+    prefixes = tuple(getattr(unwrap(model), "evolving_state", ()))
+    return [k for k in unwrap(model).state_dict() if prefixes and k.startswith(prefixes)]
+
+
 def _full_options(**kwargs: Any):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -186,7 +195,7 @@ def save_state(
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     model, optimizer = parts["model"], parts["optimizer"]
-    names = set(trainable_names(model))
+    names = set(trainable_names(model)) | set(evolving_names(model))
     weights = get_model_state_dict(model, options=_full_options())
     optim = get_optimizer_state_dict(model, optimizer, options=_full_options())
     ema = parts["ema"].state_dict() if parts["ema"] is not None else None
@@ -228,7 +237,7 @@ def load_state(folder: Path, parts: dict[str, Any], info: DistInfo) -> dict[str,
     trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
     model = parts["model"]
     weights = load_file(str(folder / "trainable.safetensors"))
-    missing = set(trainable_names(model)) - set(weights)
+    missing = (set(trainable_names(model)) | set(evolving_names(model))) - set(weights)
     if missing:
         raise MindVideoError(
             f"expected the checkpoint {folder} to hold every trainable parameter of this stage",

@@ -53,6 +53,7 @@ def runs(prepared: Path, tmp_path_factory: pytest.TempPathFactory):
                 "contrastive": {"clip": "clip"},
                 "unet-text": {"vae": "vae", "text_encoder": "clip"},
                 "cotrain": {"vae": "vae", "init_encoder": "contrastive", "init_unet": "unet-text"},
+                "distill": {"teacher": "cotrain"},
             }.get(stage, {})
             overrides = {key: str(get(value)) for key, value in inputs.items()}
             done[stage] = run(stage, prepared, root / stage, overrides)

@@ -20,6 +20,7 @@ INPUTS = {
     "contrastive": {"clip": "clip"},
     "unet-text": {"vae": "vae", "text_encoder": "clip"},
     "cotrain": {"vae": "vae", "init_encoder": "contrastive", "init_unet": "unet-text"},
+    "distill": {"teacher": "cotrain"},
 }
 COMPONENT = {"vae": "vae", "clip": "clip", "mbm": "fmri_encoder", "contrastive": "fmri_encoder", "unet-text": "unet"}
 
@@ -33,7 +34,8 @@ def test_loss_falls_on_a_fixed_batch(stage, prepared, runs):
     dataset = task.dataset()
     batch = default_collate([dataset[i] for i in range(4)])
     rng = StepRandom(0, single_chunk(4), "cpu")  # the same noise, masks and timesteps every step
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=2e-3)
+    lr = 2e-4 if stage == "distill" else 2e-3  # a student starts at its teacher: a fine-tuning rate
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=lr)
     before = float(objective(batch, rng)[0].detach())
     for _ in range(4):
         objective(batch, rng)[0].backward()

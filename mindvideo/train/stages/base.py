@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 
 class Objective(nn.Module):
-    """The trained networks and their loss. Subclasses implement :meth:`forward`."""
+    """The trained networks and their loss. Subclasses implement :meth:`forward`. ``evolving_state``: state-dict
+    prefixes of frozen state that the objective updates itself (an EMA target network), saved in the resumable
+    checkpoints with the trainable parameters."""
+
+    evolving_state: ClassVar[tuple[str, ...]] = ()
 
     def forward(self, batch: dict[str, torch.Tensor], rng: StepRandom) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
