@@ -1,8 +1,7 @@
 """The ``mindvideo`` command line. Commands only wrap library functions.
 
-User mistakes raise :class:`~mindvideo.errors.MindVideoError` in the library; :class:`Group` turns them into one
-line on stderr and exit code 2 (no traceback). Command groups live in sibling modules and are attached in
-:func:`_attach`.
+User mistakes raise :class:`~mindvideo.errors.MindVideoError` in the library; :class:`~mindvideo.cli.group.Group`
+turns them into one line on stderr and exit code 2 (no traceback). Command groups live in sibling modules.
 """
 
 from __future__ import annotations
@@ -13,18 +12,15 @@ import sys
 
 import click
 
-from mindvideo.errors import MindVideoError
-
-
-class Group(click.Group):
-    """A click group that reports :class:`MindVideoError` as ``error: …`` and exits with code 2."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except MindVideoError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+from mindvideo.cli import core
+from mindvideo.cli.bench import bench
+from mindvideo.cli.data import data
+from mindvideo.cli.eval import eval_command
+from mindvideo.cli.explain import explain
+from mindvideo.cli.export import export
+from mindvideo.cli.group import Group
+from mindvideo.cli.stream import stream
+from mindvideo.cli.train import train
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,18 +41,5 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _attach() -> None:
-    from mindvideo.cli import core
-    from mindvideo.cli.bench import bench
-    from mindvideo.cli.data import data
-    from mindvideo.cli.eval import eval_command
-    from mindvideo.cli.explain import explain
-    from mindvideo.cli.export import export
-    from mindvideo.cli.stream import stream
-    from mindvideo.cli.train import train
-
-    for command in [*core.COMMANDS, bench, data, eval_command, explain, export, stream, train]:
-        main.add_command(command)
-
-
-_attach()
+for _command in [*core.COMMANDS, bench, data, eval_command, explain, export, stream, train]:
+    main.add_command(_command)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from mindvideo.cli import Group
+from mindvideo.cli.group import Group
 
 
 def _write_json(path: str | None, data: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from mindvideo.cli import Group
+from mindvideo.cli.group import Group
 from mindvideo.errors import MindVideoError
 
 
