@@ -25,7 +25,6 @@ the ONNX graphs were traced from, so every backend computes one function.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,67 +33,12 @@ import torch
 
 from mindvideo.errors import MindVideoError
 
+from .backend_common import Geometry, UNetFacts, check_guidance, check_profile, guidance_rows
+from .tensorrt_backend import TensorRTBackend
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
-
-
-@dataclass(frozen=True)
-class UNetFacts:
-    """What the runtime needs to know of a UNet to drive it (the fields :func:`mindvideo.pipeline.check_student`
-    reads): a student takes g as an input, and may name its g range and the schedulers it was distilled for."""
-
-    guidance_embedding: bool = False
-    guidance_range: tuple[float, float] | None = None
-    schedulers: tuple[str, ...] | None = None
-
-    @classmethod
-    def from_spec(cls, spec) -> UNetFacts:
-        """From an exported UNet's :class:`~mindvideo.export.ExportSpec` (its ``guidance`` input and ``student``)."""
-        if "guidance" not in spec.input_names:
-            return cls()
-        student = spec.student or {}
-        low_high, schedulers = student.get("guidance_range"), student.get("schedulers")
-        return cls(
-            True,
-            None if low_high is None else (float(low_high[0]), float(low_high[1])),
-            None if schedulers is None else tuple(schedulers),
-        )
-
-
-def guidance_rows(guidance, rows: int) -> np.ndarray:
-    """g as the (rows,) float32 array a student's ``guidance`` input takes (from a float or per-row values)."""
-    values = np.asarray(guidance, dtype=np.float32).reshape(-1)
-    if values.size not in (1, rows):
-        raise MindVideoError(f"expected one guidance value or {rows}", f"{values.size} values", "pass g as a float")
-    return np.ascontiguousarray(np.broadcast_to(values, (rows,)))
-
-
-def check_guidance(facts: UNetFacts, guidance, where: str) -> None:
-    """A student's UNet needs g, a teacher's takes none (the same refusals as the PyTorch UNet's)."""
-    if facts.guidance_embedding and guidance is None:
-        raise MindVideoError(
-            f"expected a guidance input g for the student UNet of {where}",
-            "guidance=None",
-            "bind it: functools.partial(backend.denoise, guidance=g)",
-        )
-    if not facts.guidance_embedding and guidance is not None:
-        raise MindVideoError(
-            f"expected no guidance input for the teacher UNet of {where}",
-            f"guidance={guidance!r}",
-            "use the two-pass guided loop (cond = [negative; positive]), or export a student",
-        )
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What a backend's networks take: fMRI windows (W, V) and latents (C, h, w) decoded ``vae_factor``× larger."""
-
-    window_size: int
-    num_voxels: int
-    latent_channels: int
-    latent_size: tuple[int, int]
-    vae_factor: int
 
 
 class TorchBackend:
@@ -242,24 +186,6 @@ class OnnxRuntimeBackend:
         return {"backend": self.name, "providers": self.providers, "precision": self.specs["unet"].precision}
 
 
-def check_profile(spec, shape: tuple, dims: list[int], name: str) -> None:
-    """Refuse a shape outside the exported profile (static sizes and min..max of dynamic axes) with a clear error."""
-    if len(shape) != len(dims):
-        raise MindVideoError(f"expected {name} of rank {len(shape)} for {spec.name}", f"shape {tuple(dims)}")
-    for axis, size in zip(shape, dims):
-        if isinstance(axis, int):
-            ok, allowed = size == axis, str(axis)
-        else:
-            rng = spec.axes[axis]
-            ok, allowed = rng.min <= size <= rng.max, f"{axis} in {rng.min}..{rng.max}"
-        if not ok:
-            raise MindVideoError(
-                f"expected {spec.name}.{name} within the exported profile ({allowed})",
-                f"shape {tuple(dims)}",
-                "re-export with a larger --batch/--frames range or the right --height/--width",
-            )
-
-
 def make_backend(
     name: str,
     *,
@@ -281,7 +207,5 @@ def make_backend(
     if name == "onnxruntime":
         return OnnxRuntimeBackend(engine, providers="cuda" if device.startswith("cuda") else "cpu", threads=threads)
     if name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
-
         return TensorRTBackend(engine)
     raise MindVideoError(f"expected a backend among {BACKENDS}", repr(name), "pick one")

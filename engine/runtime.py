@@ -24,7 +24,7 @@ from mindvideo.errors import MindVideoError
 from mindvideo.pipeline import GenerationConfig, check_fmri, check_negative_rows, check_student, generation_size
 from mindvideo.sampling import SCHEDULERS, initial_latents, initial_noise, make_scheduler, step_noise
 
-from .backends import UNetFacts, check_profile
+from .backend_common import UNetFacts, check_profile
 from .host_loop import run_loop
 from .schedule import make_plan
 

@@ -25,7 +25,7 @@ import torch
 
 from mindvideo.errors import MindVideoError
 
-from .backends import Geometry, UNetFacts, check_guidance, check_profile, guidance_rows
+from .backend_common import Geometry, UNetFacts, check_guidance, check_profile, guidance_rows
 
 log = logging.getLogger(__name__)
 
