@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch.utils.data as tud
 
-from mindvideo.data.layouts import Segment, layout_segments
-from mindvideo.data.prepare import CleanSegment, PrepareConfig, clean_segment
+from mindvideo.data.layouts import Segment
+from mindvideo.data.prepare import CleanSegment, clean_segment
 from mindvideo.data.transform import FMRITransform
 from mindvideo.errors import MindVideoError
 
@@ -104,27 +104,6 @@ class LayoutDataset(tud.Dataset):
         stacked = np.concatenate(self.fmri) if self.fmri else np.zeros((0, cfg.window_size, transform.num_voxels))
         self.negative = stacked.mean(axis=0).astype(np.float32) if len(stacked) else transform.negative_fmri
         self._cache: tuple[int, np.ndarray] | None = None
-
-    @classmethod
-    def from_layout(
-        cls,
-        layout: str,
-        src: str | Path,
-        transform: FMRITransform,
-        *,
-        split: str = "test",
-        config: PrepareConfig | None = None,
-    ) -> LayoutDataset:
-        config = config or PrepareConfig(layout=layout)
-        segments = layout_segments(
-            layout,
-            Path(src),
-            subject=config.subject,
-            fmri_format=config.fmri_format,
-            events=config.events,
-            tr=transform.loading.tr,
-        )
-        return cls(segments, transform, split=split, fps=config.fps, size=config.size)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

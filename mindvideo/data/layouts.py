@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import re
@@ -351,7 +350,3 @@ def layout_segments(
     if layout == "custom":
         return custom_segments(src, events, tr)
     raise MindVideoError(f"expected a layout with stimuli ({', '.join(LAYOUTS[:3])})", repr(layout), "fix --layout")
-
-
-def write_dataset_json(root: Path, data: dict[str, Any]) -> None:
-    (root / "dataset.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

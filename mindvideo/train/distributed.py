@@ -102,15 +102,6 @@ def gather_objects(obj: object) -> list[object]:
     return out
 
 
-def broadcast_object(obj: object) -> object:
-    """Rank 0's ``obj`` on every rank."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` (B_local, …) from every rank in rank order → (B_global, …), differentiable.
 

@@ -97,9 +97,3 @@ def write_grid(path: Path, rows: list[list[np.ndarray]], fps: float = 3.0) -> Pa
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_video(path, video_grid(rows), fps=fps)
-
-
-def to_uint8(video) -> np.ndarray:
-    """Floats in [-1, 1] (any array-like, ``(..., H, W, 3)``) → uint8."""
-    x = np.asarray(video, dtype=np.float32)
-    return np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
