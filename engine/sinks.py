@@ -33,7 +33,6 @@ import queue
 import socket
 import struct
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 from mindvideo.engine.sources import bind_localhost, check_localhost, parse_port
 from mindvideo.engine.stream import Clip
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import temp_file
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +119,7 @@ class FileSink:
 
     def __init__(self, path: Path, fps: float, frames_per_tr: int | None = None):
         self.path, self.fps, self.frames_per_tr = Path(path), fps, frames_per_tr
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
-        except OSError as exc:
-            raise MindVideoError(f"expected a writable folder for {self.path}", str(exc), "check the path") from None
-        os.close(fd)
-        self.tmp: Path | None = Path(tmp)
+        self.tmp: Path | None = temp_file(self.path)  # a new file's mode under the umask
         self._container: Any = None
         self._stream: Any = None
         self._gif: list[np.ndarray] = []

@@ -30,9 +30,9 @@ from torch import nn
 
 from mindvideo import kernels
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import current_umask
 
 from . import plugin
-from .manifest import current_umask
 from .rewrite import canonicalize_attention
 from .spec import ATTENTION_MODES, ExportSpec
 

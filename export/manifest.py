@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import current_umask
 
 from .spec import ExportSpec
 
@@ -140,12 +141,6 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
     """:func:`write_bytes_atomic` of indented JSON."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 from mindvideo.checkpoint import find_weights, load_scheduler_config
 from mindvideo.config import read_json
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import check_not_cwd, folder_mode
 
 from . import graph, verify
 from .manifest import (
@@ -33,7 +34,6 @@ from .manifest import (
     VERSION,
     FileRecord,
     check_file,
-    current_umask,
     read_manifest,
     sha256_file,
     sha256_json,
@@ -257,15 +257,18 @@ def _result(name: str, entry: dict[str, Any], status: str) -> NetworkResult:
 
 def _previous_manifest(out: Path) -> dict[str, Any] | None:
     """The manifest already in ``out``, ``None`` for a new folder; refuses to write into an unrelated folder."""
+    check_not_cwd(out)  # a new export replaces the (empty) folder itself
     if not out.exists():
         return None
     if not out.is_dir():
         raise MindVideoError("expected --out to be a folder", f"a file at {out}", "choose another path")
     if not (out / MANIFEST).is_file():
-        if any(out.iterdir()):
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
             raise MindVideoError(
                 "expected --out to be empty or a previous export folder",
-                f"other files in {out}",
+                f"other files in {out} ({entries[0]!r}{more})",
                 "choose an empty or new folder",
             )
         return None
@@ -299,7 +302,7 @@ def _staging_dir(out: Path) -> Path:
             log.info("removing %s, left by a killed export", stale)
             shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
-    os.chmod(staging, 0o777 & ~current_umask())  # it becomes `out` itself for a new folder
+    os.chmod(staging, folder_mode())  # it becomes `out` itself for a new folder
     return staging
 
 
@@ -362,4 +365,5 @@ def _commit(staging: Path, out: Path, manifest: dict[str, Any], scheduler: dict[
     write_json_atomic(out / MANIFEST, manifest)
     stale = {f["path"] for e in previous.get("networks", {}).values() for f in e.get("files", [])} - new_files
     for rel in stale:
-        (out / rel).unlink(missing_ok=True)
+        if Path(rel).parts[:1] == ("onnx",) and ".." not in Path(rel).parts:  # only graphs this export wrote
+            (out / rel).unlink(missing_ok=True)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from torch import nn
 
 from mindvideo.config import read_json
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder
 from mindvideo.models.fmri_encoder import FMRIEncoder, FMRIEncoderConfig, sincos_positions
 from mindvideo.models.unet import VideoUNet, VideoUNetConfig
 
@@ -172,36 +171,6 @@ def load_fmri_encoder(path: str | Path, **overrides: Any) -> FMRIEncoder:
 
 
 # --------------------------------------------------------------------------------------------------- writing
-
-
-def atomic_folder(path: str | Path):
-    """Context manager: yields a temporary sibling folder that replaces ``path`` only if the block succeeds."""
-    return _AtomicFolder(Path(path))
-
-
-class _AtomicFolder:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        self.tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
 
 
 def save_component(model: FMRIEncoder | VideoUNet, path: str | Path) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder, check_output_folder
 from mindvideo.pipeline import GenerationConfig
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 N_WAYS = (2, 5, 10)
 BASELINE_SIZE = 8  # the ridge decoder predicts 8×8 frames, upsampled for scoring (a common pixel baseline)
 DISPLAY_SCALE = 4  # GIF/MP4 frames are enlarged (nearest neighbour) so 32-pixel clips are visible
+COMMAND = "demo"
+ASSETS_COMMAND = "train recipe --export-assets"
 
 
 def default_assets() -> Path:
@@ -70,14 +73,15 @@ def run_demo(
     seed: int = 3407,
     mp4: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Reconstruct the held-out clips, score them against the ridge baseline, write everything to ``out``.
 
     ``steps`` / ``guidance`` default to the recipe's recorded demo settings; ``clips`` limits the test clips.
-    Returns the metrics written to ``out/metrics.json``."""
-    from mindvideo.checkpoint import atomic_folder
-
+    ``out`` must be new or empty, or (with ``overwrite``) an earlier demo output. Returns the metrics written to
+    ``out/metrics.json``."""
     tic = time.perf_counter()
+    check_output_folder(out, COMMAND, overwrite=overwrite)
     assets = Path(assets) if assets is not None else default_assets()
     record = _require(assets)
     settings = record.get("demo", {})
@@ -102,7 +106,7 @@ def run_demo(
         "assets": str(assets),
     }
     # 3. files
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, COMMAND, overwrite=overwrite) as tmp:
         write_outputs(tmp, test, recon, ridge, mp4=mp4)
         metrics["seconds"] = round(time.perf_counter() - tic, 1)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -213,11 +217,10 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def export_assets(recipe_out: str | Path, dest: str | Path) -> Path:
-    """Package a finished recipe run as demo assets in ``dest`` (replaced): the checkpoint (weights stored in
-    float16), the test windows of every test segment but the validation one (clip, class, caption), the training
-    windows with 8×8 frames for the ridge baseline, the recipe's evaluation classifier and ``recipe.json`` (the
-    record plus a file manifest)."""
-    from mindvideo.checkpoint import atomic_folder
+    """Package a finished recipe run as demo assets in ``dest``: the checkpoint (weights stored in float16), the
+    test windows of every test segment but the validation one (clip, class, caption), the training windows with 8×8
+    frames for the ridge baseline, the recipe's evaluation classifier and ``recipe.json`` (the record plus a file
+    manifest). ``dest`` must be new, empty or earlier demo assets (replaced); other folders are refused."""
     from mindvideo.train.data import load_split
 
     root = Path(recipe_out)
@@ -227,7 +230,8 @@ def export_assets(recipe_out: str | Path, dest: str | Path) -> Path:
     record = json.loads(record_path.read_text(encoding="utf-8"))
     labels = json.loads((root / "sim" / "truth" / "labels.json").read_text(encoding="utf-8"))
     train, test = load_split(root / "prepared", "train", video=True), load_split(root / "prepared", "test", video=True)
-    with atomic_folder(dest) as tmp:
+    check_assets_folder(dest)
+    with atomic_folder(dest, ASSETS_COMMAND, overwrite=True, recognise=_is_assets) as tmp:
         shutil.copytree(root / "cotrain" / "model", tmp / "checkpoint")
         _store_half(tmp / "checkpoint")
         shutil.copytree(root / "classifier", tmp / "classifier")
@@ -243,6 +247,20 @@ def export_assets(recipe_out: str | Path, dest: str | Path) -> Path:
         record["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return Path(dest)
+
+
+def check_assets_folder(dest: str | Path) -> None:
+    """Refuse ``dest`` for :func:`export_assets` unless it is new, empty or earlier demo assets."""
+    check_output_folder(dest, ASSETS_COMMAND, overwrite=True, recognise=_is_assets)
+
+
+def _is_assets(folder: Path) -> bool:
+    """Demo assets written before output markers existed: a ``recipe.json`` with the demo settings and file list."""
+    try:
+        record = json.loads((folder / "recipe.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "demo" in record and isinstance(record.get("files"), dict)
 
 
 def _store_half(checkpoint: Path) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import temp_file
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".npy")
 FMRI_SUFFIXES = (".npy", ".npz")
@@ -51,11 +51,9 @@ def read_fmri_array(path: str | Path) -> np.ndarray:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary sibling path (same suffix) that is renamed to ``path`` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path)  # the mode of a new file under the umask, not mkstemp's 0600
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

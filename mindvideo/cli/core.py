@@ -372,14 +372,19 @@ def init(preset, num_voxels, seed, out):
 
 @click.command()
 @click.option(
-    "--out", default="mindvideo-demo", show_default=True, type=click.Path(path_type=Path), help="Output folder."
+    "--out",
+    default="mindvideo-demo",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Output folder (new or empty).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds an earlier demo output.")
 @click.option("--clips", type=int, help="Reconstruct only the first N held-out clips [default: all 40].")
 @click.option("--steps", type=int, help="DDIM steps [default: the recipe's, 25].")
 @click.option("--guidance", type=float, help="Adversarial guidance scale [default: the recipe's].")
 @click.option("--seed", default=3407, show_default=True)
 @click.option("--no-mp4", is_flag=True, help="Skip all_clips.mp4.")
-def demo(out, clips, steps, guidance, seed, no_mp4):
+def demo(out, overwrite, clips, steps, guidance, seed, no_mp4):
     """Reconstruct held-out simulated clips from fMRI with the built-in model, next to a ridge-regression baseline.
 
     The model ships in the package (trained by `mindvideo train recipe demo`, CPU, minutes). Writes side-by-side
@@ -390,10 +395,13 @@ def demo(out, clips, steps, guidance, seed, no_mp4):
     Example:
       mindvideo demo
       mindvideo demo --out demo/ --clips 8 --steps 10
+      mindvideo demo --overwrite            # run again into mindvideo-demo/
     """
     from mindvideo.demo import run_demo, summary_rows
 
-    metrics = run_demo(out, clips=clips, steps=steps, guidance=guidance, seed=seed, mp4=not no_mp4)
+    metrics = run_demo(
+        out, clips=clips, steps=steps, guidance=guidance, seed=seed, mp4=not no_mp4, overwrite=overwrite
+    )
     s = metrics["settings"]
     click.echo(f"mindvideo demo: {s['clips']} held-out clips, {s['steps']} DDIM steps, guidance {s['guidance']}")
     rows = [("metric", "reconstruction", "ridge", "chance"), *summary_rows(metrics)]

@@ -43,7 +43,8 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to create (replaced if present).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to create (new or empty).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds an earlier output of this command.")
 @click.option("--subjects", default=1, show_default=True, help="Simulated subjects.")
 @click.option("--classes", default=10, show_default=True, help="Semantic stimulus classes (2–12).")
 @click.option("--minutes", type=float, default=None, help="Unique movie minutes (default ~19: 14 segments of 80 s).")
@@ -53,7 +54,7 @@ def data() -> None:
 @click.option("--size", default=64, show_default=True, help="Stimulus frame size in pixels.")
 @click.option("--tiny", is_flag=True, help="A ~200-voxel, 32-pixel dataset for tests and demos (seconds).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write dataset.json's content here.")
-def simulate(out, subjects, classes, minutes, snr, seed, formats, size, tiny, json_path) -> None:
+def simulate(out, overwrite, subjects, classes, minutes, snr, seed, formats, size, tiny, json_path) -> None:
     """Write a simulated fMRI–video dataset with known ground truth in the Wen 2018 layout.
 
     Procedural clips of --classes semantic classes drive retinotopic and category-tuned voxels of a small voxel
@@ -78,7 +79,7 @@ def simulate(out, subjects, classes, minutes, snr, seed, formats, size, tiny, js
     config = SimConfig.tiny(**changes) if tiny else SimConfig(**changes)
     if minutes is not None:
         config = SimConfig.from_minutes(minutes, **config.to_dict())
-    info = run(out, config, progress=True)
+    info = run(out, config, progress=True, overwrite=overwrite)
     click.echo(f"simulated dataset written to {out}")
     subject = info["subjects"][0]
     _table(
@@ -102,7 +103,8 @@ def simulate(out, subjects, classes, minutes, snr, seed, formats, size, tiny, js
 @data.command()
 @click.option("--layout", required=True, type=click.Choice(["wen", "arrays", "hcp", "custom"]), help="Source layout.")
 @click.option("--src", required=True, type=click.Path(file_okay=False), help="The dataset root.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Prepared folder to create.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Prepared folder (new or empty).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds an earlier output of this command.")
 @click.option("--subject", default="1", show_default=True, help="Subject (wen/arrays): 1 → subject1.")
 @click.option("--fmri-format", default="cifti", show_default=True, type=click.Choice(["cifti", "nifti"]))
 @click.option("--events", default="events.tsv", show_default=True, help="custom: onset table under --src.")
@@ -135,6 +137,7 @@ def prepare(
     layout,
     src,
     out,
+    overwrite,
     subject,
     fmri_format,
     events,
@@ -181,7 +184,13 @@ def prepare(
         Path(src), config, tr=tr, mask=mask, atlas=atlas, labels=labels, cifti_select=cifti_select, array_key=array_key
     )
     summary = run(
-        src, out, config=config, preprocess=preprocess_defaults(layout, **preprocess), loading=loading, progress=True
+        src,
+        out,
+        config=config,
+        preprocess=preprocess_defaults(layout, **preprocess),
+        loading=loading,
+        progress=True,
+        overwrite=overwrite,
     )
     click.echo(f"prepared dataset written to {out}")
     _print_prepare_summary(summary)

@@ -35,7 +35,8 @@ def _default_device() -> str:
     type=click.Path(path_type=Path),
     help="Ground truth in the same form; folders are paired with --pred in sorted-name order.",
 )
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder to write (replaced).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder to write (new or empty).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds an earlier report.")
 @click.option(
     "--classifier",
     type=click.Path(path_type=Path),
@@ -96,10 +97,10 @@ def _default_device() -> str:
 @click.option("--fps", type=float, default=3.0, show_default=True, help="Frame rate of the report GIFs.")
 @click.option("--device", default=None, help="Torch device for the models (default: cuda if available, else cpu).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
-def eval_command(pred: Path, gt: Path, out: Path, classifier: Path | None, video_classifier: Path | None,
-                 clip_model: Path | None, labels: Path | None, scenes: Path | None, keep_scene_cuts: bool,
-                 one_per_scene: bool, n_ways: tuple[int, ...], top_k: int, trials: int, seed: int, rank_by: str,
-                 fps: float, device: str | None, progress: bool) -> None:  # fmt: skip
+def eval_command(pred: Path, gt: Path, out: Path, overwrite: bool, classifier: Path | None,
+                 video_classifier: Path | None, clip_model: Path | None, labels: Path | None, scenes: Path | None,
+                 keep_scene_cuts: bool, one_per_scene: bool, n_ways: tuple[int, ...], top_k: int, trials: int,
+                 seed: int, rank_by: str, fps: float, device: str | None, progress: bool) -> None:  # fmt: skip
     """Score reconstructed clips against the ground truth and write a report folder: metrics.json, report.md
     (our numbers beside the published MinD-Video table, SSIM convention named), best/median/worst clip grids
     (GIF and PNG) and a bar plot (metrics.png). Nothing is written if anything fails.
@@ -118,7 +119,7 @@ def eval_command(pred: Path, gt: Path, out: Path, classifier: Path | None, video
     metrics = evaluate_paths(
         pred, gt, out,
         classifier=classifier, video_classifier=video_classifier, clip=clip_model, labels=labels, scenes=scenes,
-        device=device or _default_device(), report_options={"rank_by": rank_by, "fps": fps},
+        device=device or _default_device(), report_options={"rank_by": rank_by, "fps": fps, "overwrite": overwrite},
         n_ways=n_ways, top_k=top_k, num_trials=trials, seed=seed, drop_scene_cuts=not keep_scene_cuts,
         one_per_scene=one_per_scene, progress=progress,
     )  # fmt: skip

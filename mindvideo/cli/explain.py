@@ -8,6 +8,9 @@ import click
 import numpy as np
 
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder, check_output_folder
+
+COMMAND = "explain"
 
 
 @click.command()
@@ -27,8 +30,9 @@ from mindvideo.errors import MindVideoError
 )
 @click.option("--max-windows", default=256, show_default=True, help="Windows averaged (the first N).")
 @click.option("--truth", type=click.Path(path_type=Path), help="Simulated data only: truth/subjectN.npz to score.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-def explain(checkpoint, data, split, fmri_path, template, max_windows, truth, out):
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (new or empty).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds an earlier explain output.")
+def explain(checkpoint, data, split, fmri_path, template, max_windows, truth, out, overwrite):
     """Write per-block spatial and temporal attention of the fMRI encoder as brain maps.
 
     NIfTI volumes (one volume per encoder block) where the voxels have a place in a volume, CIFTI dscalars on the
@@ -40,7 +44,7 @@ def explain(checkpoint, data, split, fmri_path, template, max_windows, truth, ou
       mindvideo explain --checkpoint mindvideo/assets/demo/checkpoint \\
           --fmri mindvideo/assets/demo/test_set.npz --out explain/
     """
-    from mindvideo.checkpoint import atomic_folder, load_fmri_encoder
+    from mindvideo.checkpoint import load_fmri_encoder
     from mindvideo.cli.core import print_table
     from mindvideo.data import FMRITransform
     from mindvideo.eval import explain as ex
@@ -48,6 +52,7 @@ def explain(checkpoint, data, split, fmri_path, template, max_windows, truth, ou
 
     if (data is None) == (fmri_path is None):
         raise MindVideoError("expected exactly one of --data or --fmri", "both or neither", "pass one")
+    check_output_folder(out, COMMAND, overwrite=overwrite)
     transform = FMRITransform.load(Path(checkpoint) / "data_transform")
     encoder = load_fmri_encoder(Path(checkpoint) / "fmri_encoder").eval()
     if data is not None:
@@ -62,7 +67,7 @@ def explain(checkpoint, data, split, fmri_path, template, max_windows, truth, ou
     space = ex.brain_space(transform, template)
     truth_raw = None if truth is None else ex.truth_on_raw_voxels(Path(truth), space)
     maps = ex.explain(encoder, transform, np.asarray(windows))
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, COMMAND, overwrite=overwrite) as tmp:
         written = ex.write_explanation(maps, space, tmp)
     rows = [("windows", str(len(windows))), ("blocks", str(maps.layers)), ("files", str(len(written)))]
     if truth_raw is not None:

@@ -117,7 +117,11 @@ Example:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Recipe folder (rerun to continue).")
 @click.option("--quick", is_flag=True, help="Tiny data and the tiny presets: a smoke run in about a minute.")
 @click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE", help="Stage override (repeatable).")
-@click.option("--export-assets", type=click.Path(path_type=Path), help="Also package the result as demo assets here.")
+@click.option(
+    "--export-assets",
+    type=click.Path(path_type=Path),
+    help="Also package the result as demo assets here (a new or empty folder, or earlier assets: replaced).",
+)
 def recipe(name: str, out: Path, quick: bool, overrides: tuple[str, ...], export_assets: Path | None) -> None:
     """Run the small-data recipe: simulate → prepare → vae → clip → mbm → contrastive → unet-text → cotrain.
 
@@ -131,8 +135,12 @@ def recipe(name: str, out: Path, quick: bool, overrides: tuple[str, ...], export
       mindvideo train recipe demo --out runs/demo --export-assets mindvideo/assets/demo
       mindvideo train recipe demo --out runs/demo --set cotrain.train.steps=2000
     """
+    from mindvideo.demo import check_assets_folder
     from mindvideo.train.config import parse_overrides
     from mindvideo.train.recipe import DemoRecipe, run_recipe
+
+    if export_assets is not None:
+        check_assets_folder(export_assets)  # before hours of training
 
     recipe_config = DemoRecipe.quick() if quick else DemoRecipe()
     staged: dict[str, dict] = {}

@@ -31,6 +31,7 @@ from mindvideo.data.io import CIFTI_SUFFIX, Grayordinates, LoadConfig, VoxelMask
 from mindvideo.data.layouts import LAYOUTS, RunSource, Segment, hcp_runs, layout_segments, read_dataset_json
 from mindvideo.data.transform import FMRITransform
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder, check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ def clean_all(segments: list[Segment], loading, mask, cfg, progress: bool, split
 
 # --------------------------------------------------------------------------------------------------- the command
 
+COMMAND = "data prepare"
+
 
 def prepare(
     src: str | Path,
@@ -166,10 +169,12 @@ def prepare(
     preprocess: pp.PreprocessConfig | None = None,
     loading: LoadConfig | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Prepare ``src`` (a layout of ``config.layout``) into ``out``; returns the summary written to summary.json."""
-    from mindvideo.checkpoint import atomic_folder  # imported here: checkpoint may import the data layer
+    """Prepare ``src`` (a layout of ``config.layout``) into ``out``; returns the summary written to summary.json.
 
+    ``out`` must be new or empty, or (with ``overwrite``) an earlier ``mindvideo data prepare`` output
+    (:func:`mindvideo.fsutil.check_output_folder`)."""
     src, config = Path(src), config or PrepareConfig()
     loading, preprocess = loading or LoadConfig(), preprocess or preprocess_defaults(config.layout)
     preprocess.validate()
@@ -177,8 +182,9 @@ def prepare(
         raise MindVideoError(f"expected --layout one of {LAYOUTS}", repr(config.layout), "fix --layout")
     if not src.is_dir():
         raise MindVideoError(f"expected a dataset folder at {src}", "no such folder", "check --src")
+    check_output_folder(out, COMMAND, overwrite=overwrite)
     mask = load_mask(loading.mask, loading.atlas, loading.labels) if (loading.mask or loading.atlas) else None
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, COMMAND, overwrite=overwrite) as tmp:
         if config.layout == "hcp":
             summary = _prepare_hcp(src, tmp, config, preprocess, loading, mask, progress)
         else:

@@ -41,6 +41,7 @@ from mindvideo.data import stimuli
 from mindvideo.data.io import progress_bar
 from mindvideo.data.simulate_io import write_arrays, write_cifti, write_nifti, write_video
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder, check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -301,15 +302,22 @@ def scanner_run(signal: np.ndarray, brain: Brain, config: SimConfig, rng: np.ran
 # --------------------------------------------------------------------------------------------------- driver
 
 
-def simulate(out: str | Path, config: SimConfig | None = None, progress: bool = False) -> dict[str, Any]:
-    """Generate and write the dataset to ``out`` (atomically); returns the contents of ``dataset.json``."""
-    from mindvideo.checkpoint import atomic_folder  # imported here: checkpoint may import the data layer
+COMMAND = "data simulate"
 
+
+def simulate(
+    out: str | Path, config: SimConfig | None = None, progress: bool = False, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Generate and write the dataset to ``out`` (atomically); returns the contents of ``dataset.json``.
+
+    ``out`` must be new or empty, or (with ``overwrite``) an earlier ``mindvideo data simulate`` output
+    (:func:`mindvideo.fsutil.check_output_folder`)."""
     config = config or SimConfig()
     config.validate()
+    check_output_folder(out, COMMAND, overwrite=overwrite)
     rng = np.random.default_rng(config.seed)
     stims = make_stimuli(config, rng)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, COMMAND, overwrite=overwrite) as tmp:
         (tmp / "stimuli" / "captions").mkdir(parents=True)
         with progress_bar(stims, "stimuli", progress) as bar:
             for stim in bar:

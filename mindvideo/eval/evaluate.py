@@ -29,9 +29,11 @@ from mindvideo.eval import semantic
 from mindvideo.eval.classifiers import load_frame_classifier, load_video_classifier, model_config
 from mindvideo.eval.clip import ClipEmbedder, adjacent_similarity, clip_similarity, embed_videos, load_clip
 from mindvideo.eval.metrics import COLOUR_SSIM, GREY_SSIM, check_videos, psnr, ssim, summarise
+from mindvideo.eval.report import COMMAND as REPORT_COMMAND
 from mindvideo.eval.report import write_report
 from mindvideo.eval.semantic import N_WAYS, NUM_TRIALS, TRUE_TOP, FrameClassifier, VideoClassifier
 from mindvideo.eval.videos import load_pair, load_scene_ids, scene_mask
+from mindvideo.fsutil import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +285,8 @@ def evaluate_videos(
     if (report_options or {}).get("rank_by") == "clip_similarity" and clip is None:
         raise MindVideoError("expected a CLIP model to rank clips by CLIP similarity", "no --clip", "pass --clip")
     check_videos(pred, gt)
+    if out is not None:  # before the long work
+        check_output_folder(out, REPORT_COMMAND, overwrite=(report_options or {}).get("overwrite", False))
     models = load_models(
         classifier=classifier,
         video_classifier=video_classifier,

@@ -11,7 +11,8 @@
   reconstructed frames);
 * ``metrics.png`` — a bar plot of the table's columns, ours beside the published values (matplotlib).
 
-The folder is written atomically: on any error nothing (not even a partial folder) is left at ``out``.
+The folder is written atomically: on any error nothing (not even a partial folder) is left at ``out``. ``out`` must
+be new or empty, or (with ``overwrite``) an earlier report (:func:`mindvideo.fsutil.check_output_folder`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from mindvideo.checkpoint import atomic_folder
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ PUBLISHED: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 OURS = "mindvideo (this run)"
 GROUPS = ("best", "median", "worst")
+COMMAND = "eval"  # the marker of a report folder, also one written by `generate --eval`
 
 
 def write_report(
@@ -49,15 +51,16 @@ def write_report(
     clips_per_group: int = 3,
     fps: float = 3.0,
     tile: int = 128,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the report folder ``out`` (replacing an existing one only on success) and return its path.
+    """Write the report folder ``out`` and return its path (``overwrite``: replace an earlier report there).
 
     ``pred`` / ``gt`` are the ``(N, F, H, W, 3)`` uint8 arrays given to ``evaluate`` (all clips; the evaluated ones
     are ``metrics["per_clip"]["index"]``). ``rank_by`` is a key of ``metrics["per_clip"]`` (higher = better);
     frames in the grids are scaled to at most ``tile`` pixels high; GIFs play at ``fps``.
     """
     groups = rank_clips(metrics["per_clip"], rank_by, clips_per_group)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, COMMAND, overwrite=overwrite) as tmp:
         text = json.dumps(metrics, indent=2, allow_nan=False)
         (tmp / "metrics.json").write_text(text + "\n", encoding="utf-8")
         for name, index in groups.items():

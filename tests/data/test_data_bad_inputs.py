@@ -169,10 +169,12 @@ def test_arrays_with_mismatched_segments(tmp_path):
 def test_failed_prepare_keeps_an_existing_output(mini_wen, tmp_path):
     src = mini_wen()
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous result")
-    result = _prepare(src, out, "--tr", "3")
-    assert result.exit_code == 2 and (out / "keep.txt").read_text() == "previous result"
+    assert _prepare(src, out, "--select", "all").exit_code == 0
+    before = (out / "summary.json").read_bytes()
+    result = _prepare(src, out, "--tr", "3", "--overwrite")
+    assert result.exit_code == 2 and "expected TR = 3" in result.stderr
+    assert (out / "summary.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
 def test_bad_transform_folder(tmp_path, prepared_wen):

@@ -12,8 +12,9 @@ from eval_helpers import noisy, simulated_clips
 
 from mindvideo.cli import main
 from mindvideo.eval import PixelClassifier
+from mindvideo.fsutil import MARKER
 
-REPORT_FILES = {"metrics.json", "report.md", "metrics.png"} | {
+REPORT_FILES = {MARKER, "metrics.json", "report.md", "metrics.png"} | {
     f"{g}.{e}" for g in ("best", "median", "worst") for e in ("gif", "png")
 }
 
@@ -137,9 +138,10 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(arrays, models, clips
 def test_a_failed_run_keeps_the_previous_report(arrays, tmp_path):
     pred, gt = arrays
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "metrics.json").write_text("{}")
-    assert run("--pred", pred, "--gt", gt, "--clip", tmp_path / "missing", "--out", out).exit_code == 2
-    assert (out / "metrics.json").read_text() == "{}"
-    assert run("--pred", pred, "--gt", gt, "--out", out).exit_code == 0
-    assert {p.name for p in out.iterdir()} == REPORT_FILES
+    assert run("--pred", pred, "--gt", gt, "--out", out, "--no-progress").exit_code == 0
+    before = (out / "metrics.json").read_bytes()
+    failed = run("--pred", pred, "--gt", gt, "--clip", tmp_path / "missing", "--out", out, "--overwrite")
+    assert failed.exit_code == 2 and "missing" in failed.stderr
+    assert (out / "metrics.json").read_bytes() == before
+    assert run("--pred", gt, "--gt", gt, "--out", out, "--overwrite", "--no-progress").exit_code == 0
+    assert {p.name for p in out.iterdir()} == REPORT_FILES and (out / "metrics.json").read_bytes() != before

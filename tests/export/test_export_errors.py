@@ -51,8 +51,18 @@ def test_out_folder_with_unrelated_files_is_refused(export_ckpt, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
     result = run_cli("export", "--checkpoint", export_ckpt, "--out", tmp_path / "out")
-    assert_user_error(result, "empty or a previous export")
+    assert_user_error(result, "empty or a previous export", "'notes.txt'")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_out_the_current_folder_or_above_is_refused(export_ckpt, tmp_path, monkeypatch, out):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = run_cli("export", "--checkpoint", export_ckpt, "--out", out)
+    assert_user_error(result, "other than the current folder")
+    assert not list(work.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no staging folder
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,232 @@
+"""Writing outputs without harming what is already there.
+
+* Files and folders appear whole: they are written under a hidden temporary sibling name and renamed into place, and
+  the temporary name is removed on any failure (:func:`atomic_folder`, :func:`temp_file`).
+* They get the permissions of any new file under the umask (``0o666 & ~umask``, folders ``0o777 & ~umask``), not
+  the private 0600 / 0700 of :mod:`tempfile` (or of writers such as safetensors).
+* A command's output folder (``--out``) replaces only an earlier output of the same command. Each such folder holds
+  a small marker, ``.mindvideo-output.json`` (``{"command": "data simulate", "mindvideo": "0.1.0", ...}``).
+  :func:`check_output_folder` accepts a path that does not exist, an empty folder, or, with ``overwrite``, a folder
+  whose marker names the same command. Anything else (a folder holding other files, a file, a symbolic link, the
+  current folder or one above it) is refused with a :class:`MindVideoError` and left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mindvideo.errors import MindVideoError
+
+MARKER = ".mindvideo-output.json"
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder under the current umask."""
+    return 0o777 & ~current_umask()
+
+
+def temp_file(path: str | Path) -> Path:
+    """A new, empty, hidden sibling of ``path`` with the same suffix and a new file's mode; the caller renames it
+    into place (``os.replace``) or removes it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise MindVideoError(f"expected a writable folder for {path}", str(exc), "check the path") from None
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would make the output private
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def publish_modes(folder: str | Path) -> None:
+    """Give the files and folders under ``folder`` the modes of new ones under the umask (execute bits kept): some
+    writers (safetensors, :mod:`tempfile`) create private 0600 files."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(path := os.path.join(root, name)):
+                os.chmod(path, 0o777 & ~mask)
+        for name in files:
+            if not os.path.islink(path := os.path.join(root, name)):
+                os.chmod(path, (0o666 | (os.lstat(path).st_mode & 0o111)) & ~mask)
+
+
+# --------------------------------------------------------------------------------------------------- output folders
+
+
+def output_owner(folder: str | Path) -> str | None:
+    """The command named by ``folder``'s marker, ``None`` without a readable marker."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    command = data.get("command") if isinstance(data, dict) else None
+    return command if isinstance(command, str) else None
+
+
+def write_marker(folder: str | Path, command: str) -> None:
+    """Mark ``folder`` as the output of ``mindvideo <command>``."""
+    from mindvideo import __version__
+
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {"command": command, "mindvideo": __version__, "created": created}
+    (Path(folder) / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def check_output_folder(
+    path: str | Path,
+    command: str,
+    *,
+    overwrite: bool = False,
+    recognise: Callable[[Path], bool] | None = None,
+) -> None:
+    """Refuse ``path`` as the output folder of ``mindvideo <command>`` unless it is new, empty, or (with
+    ``overwrite``) an earlier output of the same command. ``recognise(path)`` may identify an earlier output written
+    before markers existed."""
+    path = Path(path)
+    check_not_cwd(path)
+    if path.is_symlink():
+        raise MindVideoError(
+            "expected a folder for the output, not a symbolic link",
+            f"{path} -> {os.readlink(path)}",
+            "pass the link's target itself, or choose another folder",
+        )
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise MindVideoError("expected a folder for the output", f"a file at {path}", "choose another path")
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as exc:
+        raise MindVideoError(f"expected a readable folder at {path}", str(exc), "choose another folder") from None
+    if not entries:
+        return
+    owner = output_owner(path)
+    if owner is None and recognise is not None and recognise(path):
+        owner = command
+    if owner is None:
+        shown = next(e for e in entries if e != MARKER) if entries != [MARKER] else MARKER
+        more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+        raise MindVideoError(
+            f"expected a new or empty folder for the output of `mindvideo {command}`",
+            f"{path} with files not marked as a mindvideo output ({shown!r}{more})",
+            "choose another folder (mindvideo replaces only a folder it marked as its own output)",
+        )
+    if owner != command:
+        raise MindVideoError(
+            f"expected a new or empty folder for the output of `mindvideo {command}`",
+            f"{path} holding the output of `mindvideo {owner}`",
+            "choose another folder",
+        )
+    if not overwrite:
+        raise MindVideoError(
+            "expected a new or empty output folder",
+            f"an earlier `mindvideo {command}` output at {path}",
+            "pass --overwrite to replace it, or choose another folder",
+        )
+
+
+def check_not_cwd(path: str | Path) -> None:
+    """Refuse the current folder or one above it as a folder to be replaced."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the current folder was deleted: nothing to protect
+        return
+    target = Path(path).resolve()
+    if target == cwd or target in cwd.parents:
+        raise MindVideoError(
+            "expected an output folder other than the current folder or one above it",
+            f"{path} (= {target})",
+            "choose a new folder, e.g. --out ./out",
+        )
+
+
+def atomic_folder(
+    path: str | Path,
+    command: str | None = None,
+    *,
+    overwrite: bool = False,
+    recognise: Callable[[Path], bool] | None = None,
+) -> _AtomicFolder:
+    """Context manager: yields a hidden temporary sibling folder that replaces ``path`` only if the block succeeds
+    (on any error it is removed and ``path`` is left as it was).
+
+    With ``command`` (a command's ``--out``), ``path`` is checked by :func:`check_output_folder` before the block
+    and again before the replacement, and the new folder gets the marker naming ``command``. Without it (parts of
+    an output, caches) an existing ``path`` is replaced unchecked.
+    """
+    return _AtomicFolder(Path(path), command, overwrite, recognise)
+
+
+class _AtomicFolder:
+    def __init__(self, path: Path, command: str | None, overwrite: bool, recognise) -> None:
+        self.given = path  # as the user wrote it, for messages
+        self.path = Path(os.path.abspath(path))  # "out/.." and "." normalised: the renames need a real name
+        self.command, self.overwrite, self.recognise = command, overwrite, recognise
+
+    def _check(self) -> None:
+        if self.command is None:
+            check_not_cwd(self.given)
+        else:
+            check_output_folder(self.given, self.command, overwrite=self.overwrite, recognise=self.recognise)
+
+    def __enter__(self) -> Path:
+        self._check()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        except OSError as exc:
+            raise MindVideoError(f"expected a writable folder for {self.given}", str(exc), "check the path") from None
+        self.tmp.chmod(folder_mode())  # mkdtemp makes 0700; the result should look like any new folder
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            self._check()  # the folder may have changed during a long run
+            if self.command is not None:
+                write_marker(self.tmp, self.command)
+            publish_modes(self.tmp)
+            self._replace()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _replace(self) -> None:
+        if not os.path.lexists(self.path):
+            os.replace(self.tmp, self.path)
+            return
+        old = self.tmp.with_name(f"{self.tmp.name}-old")
+        os.replace(self.path, old)
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            os.replace(old, self.path)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
