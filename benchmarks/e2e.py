@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, help="denoising steps [default: 10 CPU, 25 GPU]")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU mode: intra-op threads for torch and onnxruntime")
-    parser.add_argument("--out", type=Path, help="result JSON [default: benchmarks/results/e2e-<device>.json]")
+    parser.add_argument("--out", type=Path, help="result JSON [default: OUT_DIR/e2e-<device>.json]")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="folder of the default result JSON")
     args = parser.parse_args(argv)
     where = provenance(sys.argv if argv is None else ["benchmarks/e2e.py", *argv])  # before the run
     if args.gpu:
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = cpu_bench(args.checkpoint, args.frames or 6, args.steps or 10, args.repeats, args.threads)
     result["provenance"] = where
     tag = "gpu-" + torch.cuda.get_device_name().replace(" ", "_") if args.gpu else "cpu"
-    out = args.out or RESULTS / f"e2e-{tag}.json"
+    out = args.out or args.out_dir / f"e2e-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=2))

@@ -1,9 +1,9 @@
-"""Time the Triton attention kernels against the torch paths on SD-1.5's attention shapes (issue 6).
+"""Time the Triton attention kernels against the torch paths on SD-1.5's attention shapes.
 
 One command on a CUDA machine, from the repository root::
 
     python benchmarks/kernels.py                  # GPU correctness grid (pytest -m gpu tests/kernels), then timings
-    python benchmarks/kernels.py --skip-checks    # timings only (e.g. when the grid already ran in this session)
+    python benchmarks/kernels.py --skip-checks    # timings only (e.g. when the grid already ran)
     python benchmarks/kernels.py --checks-only    # the correctness grid only
 
 Shapes: the SD-1.5 UNet at 256² (32×32 latent): N = 1024 / 256 / 64 tokens with head dims 40 / 80 / 160, 8 heads,
@@ -48,7 +48,7 @@ NO_GPU = (
     "benchmarks/kernels.py needs a CUDA GPU and found none: the Triton kernels only run compiled on a GPU "
     "(their CPU checks are `pytest tests/kernels`). Nothing was written."
 )
-TARGET_SPARSE = 1.3  # issue 6: ≥ 1.3× over gather/concat + SDPA at N = 1024 with 60 frames
+TARGET_SPARSE = 1.3  # the goal: ≥ 1.3× over gather/concat + SDPA at N = 1024 with 60 frames
 
 
 # 1. inputs, work and timing ------------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def run_provenance(dtype_name: str, args: argparse.Namespace) -> dict:
 
 
 def targets(rows: list[dict]) -> dict:
-    """Issue 6's speed goals, judged on this run."""
+    """The speed goals, judged on this run."""
     sparse = [r for r in rows if r["op"] == "sparse_causal" and r["tokens"] == 1024 and r["frames"] == 60]
     temporal = [r for r in rows if r["op"] == "temporal"]
     return {
