@@ -166,5 +166,5 @@ def _curve(summary: dict) -> str:
     )
 
 
-for _name in ("vae", "clip", "mbm", "contrastive", "unet-text", "cotrain", "distill"):
+for _name in ("vae", "clip", "mbm", "contrastive", "unet-text", "cotrain", "distill", "tiny-decoder"):
     train.add_command(_stage_command(_name))

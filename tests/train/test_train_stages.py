@@ -21,6 +21,7 @@ INPUTS = {
     "unet-text": {"vae": "vae", "text_encoder": "clip"},
     "cotrain": {"vae": "vae", "init_encoder": "contrastive", "init_unet": "unet-text"},
     "distill": {"teacher": "cotrain"},
+    "tiny-decoder": {"vae": "vae"},
 }
 COMPONENT = {"vae": "vae", "clip": "clip", "mbm": "fmri_encoder", "contrastive": "fmri_encoder", "unet-text": "unet"}
 
