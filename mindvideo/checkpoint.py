@@ -1,190 +1,33 @@
-"""Checkpoint folders: read the reference MinD-Video layout and diffusers SD folders, write our own.
+"""Checkpoint folders (``fmri_encoder/``, ``unet/``, ``vae/``, ``scheduler/``, optional ``data_transform/``): ours,
+the reference MinD-Video layout and diffusers SD folders are read; ours are written (safetensors).
 
-A checkpoint is a folder of component folders::
-
-    CKPT/fmri_encoder/{config.json, diffusion_pytorch_model.safetensors | model.pth | diffusion_pytorch_model.bin}
-    CKPT/unet/{config.json, diffusion_pytorch_model.safetensors | .bin}
-    CKPT/vae/        diffusers AutoencoderKL
-    CKPT/scheduler/  diffusers scheduler config
-    CKPT/data_transform/  (optional) the fitted fMRI transform
-
-We write safetensors; we read safetensors, ``.bin`` and ``.pth`` (a state dict, possibly under ``"model"``). Every
-problem with a folder raises :class:`MindVideoError` naming the file and, for weights, the key.
+One component folder's files are :mod:`mindvideo.weights`; each model reads its own (``load_unet``,
+``load_fmri_encoder``, re-exported here with the rest of the checkpoint API).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from mindvideo.config import read_json
 from mindvideo.errors import MindVideoError
 from mindvideo.fsutil import atomic_folder
-from mindvideo.models.fmri_encoder import FMRIEncoder, FMRIEncoderConfig, sincos_positions
+from mindvideo.models.fmri_encoder import FMRIEncoder, FMRIEncoderConfig
+from mindvideo.models.fmri_encoder import load_fmri_encoder as load_fmri_encoder
 from mindvideo.models.unet import VideoUNet, VideoUNetConfig
+from mindvideo.models.unet import load_unet as load_unet
+from mindvideo.weights import WEIGHT_NAMES as WEIGHT_NAMES
+from mindvideo.weights import find_weights as find_weights
+from mindvideo.weights import load_into as load_into
+from mindvideo.weights import read_state_dict as read_state_dict
+from mindvideo.weights import save_component as save_component
 
-log = logging.getLogger(__name__)
-
-WEIGHT_NAMES = (
-    "diffusion_pytorch_model.safetensors",
-    "model.safetensors",
-    "model.pth",
-    "diffusion_pytorch_model.bin",
-    "model.bin",
-    "pytorch_model.bin",
-)
 COMPONENTS = ("fmri_encoder", "unet", "vae", "scheduler")
-
-
-# --------------------------------------------------------------------------------------------------- reading
-
-
-def find_weights(folder: Path) -> Path:
-    """The weight file of a component folder, preferring safetensors."""
-    if not folder.is_dir():
-        raise MindVideoError(f"expected a checkpoint folder at {folder}", "no such folder", "check the path")
-    for name in WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    raise MindVideoError(
-        f"expected a weight file ({', '.join(WEIGHT_NAMES)}) in {folder}",
-        f"{sorted(p.name for p in folder.iterdir())}",
-        "copy the component's weights into that folder",
-    )
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors / torch pickle file; unwraps a top-level ``"model"`` or ``"state_dict"`` key."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt / truncated / not a checkpoint: all the user's to fix
-        raise MindVideoError(
-            f"expected a readable weight file at {path}",
-            f"{type(exc).__name__}: {exc}",
-            "re-download or re-save the checkpoint",
-        ) from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MindVideoError(f"expected a state dict of tensors in {path}", type(state).__name__, "re-save it")
-    return state
-
-
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path, optional: tuple[str, ...] = ()) -> None:
-    """Copy ``state`` into ``model``; keys containing any of ``optional`` may be missing (kept at init)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not any(o in k for o in optional)]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        detail = []
-        if missing:
-            detail.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
-        if unexpected:
-            detail.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
-        raise MindVideoError(
-            f"expected the weights in {source} to fit {type(model).__name__}",
-            "; ".join(detail),
-            "check that config.json belongs to these weights",
-        )
-    for key, value in state.items():
-        if value.shape != own[key].shape:
-            raise MindVideoError(
-                f"expected {key} in {source} to have shape {tuple(own[key].shape)}",
-                f"{tuple(value.shape)}",
-                "check config.json (num_voxels, channels, heads)",
-            )
-    model.load_state_dict({**own, **state})
-
-
-def load_unet(path: str | Path, **overrides: Any) -> VideoUNet:
-    """A diffusers SD UNet folder (inflated: temporal layers at init), a reference MinD-Video ``unet/`` folder
-    (2-D or 3-D block names, ``.bin`` or safetensors) or our own; ``overrides`` change config fields."""
-    folder = Path(path)
-    config = _read_unet_config(folder / "config.json", overrides)
-    model = VideoUNet(config)
-    source = find_weights(folder)
-    optional = ("attn_temp.", "norm_temp.")
-    if overrides.get("guidance_embedding") and not read_json(folder / "config.json").get("guidance_embedding"):
-        optional += ("guidance_embedding.",)  # a teacher loaded as a fresh student: zero-output embedding
-    load_into(model, read_state_dict(source), source, optional=optional)
-    return model
-
-
-def _read_unet_config(path: Path, overrides: dict[str, Any]) -> VideoUNetConfig:
-    data = read_json(path)
-    for key in ("class_embed_type", "num_class_embeds", "addition_embed_type", "encoder_hid_dim"):
-        if data.get(key) is not None:
-            raise MindVideoError(
-                f"expected an SD-1.x/2.x style UNet config in {path}",
-                f"{key}={data[key]!r}",
-                "this UNet variant is not supported",
-            )
-    if any(int(n) != 1 for n in _as_list(data.get("transformer_layers_per_block", 1))):
-        raise MindVideoError(
-            f"expected one transformer layer per block in {path}",
-            f"transformer_layers_per_block={data['transformer_layers_per_block']}",
-            "use an SD-1.x UNet",
-        )
-    try:
-        config = VideoUNetConfig.from_dict(data, **overrides)
-        config.validate()
-    except (TypeError, ValueError) as exc:
-        raise MindVideoError(f"expected a supported UNet config in {path}", str(exc), "fix config.json") from None
-    return config
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def load_fmri_encoder(path: str | Path, **overrides: Any) -> FMRIEncoder:
-    """A reference ``fmri_encoder/`` folder or our own. ``num_voxels=`` overrides the config (the fixed sin-cos
-    positions are recomputed for the new patch count; learned shapes must still fit)."""
-    folder = Path(path)
-    try:
-        config = FMRIEncoderConfig.load(folder / "config.json", **overrides)
-    except TypeError as exc:
-        raise MindVideoError(f"expected an fMRI encoder config in {folder}", str(exc), "fix config.json") from None
-    model = FMRIEncoder(config)
-    source = find_weights(folder)
-    state = read_state_dict(source)
-    pretrain_only = [k for k in state if k.startswith("decoder") and not hasattr(model, k.split(".")[0])]
-    if pretrain_only and model.decoder is None:
-        log.info("ignoring %d MBM decoder tensors in %s", len(pretrain_only), source)
-        state = {k: v for k, v in state.items() if k not in pretrain_only}
-    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
-        state["pos_embed"] = sincos_positions(config.embed_dim, config.num_patches)[None]  # fixed, not learned
-    load_into(model, state, source, optional=("mask_token", "decoder.", "logit_scale"))
-    return model
-
-
-# --------------------------------------------------------------------------------------------------- writing
-
-
-def save_component(model: FMRIEncoder | VideoUNet, path: str | Path) -> None:
-    """``config.json`` + ``diffusion_pytorch_model.safetensors``, written atomically."""
-    from safetensors.torch import save_file
-
-    with atomic_folder(path) as tmp:
-        config = {"_class_name": type(model).__name__, **model.config.to_dict()}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-
-
-# --------------------------------------------------------------------------------------------------- whole folders
 
 
 def load_vae(path: str | Path):
@@ -351,7 +194,9 @@ def write_reference_layout(src: str | Path, dst: str | Path) -> Path:
         enc_cfg = {"_class_name": "fMRIEncoder", **{k: getattr(enc.config, k) for k in keys}}
         (tmp / "fmri_encoder").mkdir()
         (tmp / "fmri_encoder" / "config.json").write_text(json.dumps(enc_cfg))
-        torch.save({"model": enc.state_dict()}, tmp / "fmri_encoder" / "model.pth")
+        # the reference state dict also holds the encoder's (unused) MAE mask token
+        mask_token = torch.randn(1, 1, enc.config.embed_dim) * 0.02
+        torch.save({"model": {**enc.state_dict(), "mask_token": mask_token}}, tmp / "fmri_encoder" / "model.pth")
         # 3. vae and scheduler as they are
         shutil.copytree(src / "vae", tmp / "vae")
         shutil.copytree(src / "scheduler", tmp / "scheduler")

@@ -13,6 +13,9 @@ decoder (``decoder_depth > 0``) that reconstructs the masked ones. Parameter nam
 from __future__ import annotations
 
 import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +24,10 @@ import torch.utils.checkpoint
 from torch import nn
 
 from mindvideo.config import Config
+from mindvideo.errors import MindVideoError
+from mindvideo.weights import find_weights, load_into, read_state_dict, save_component
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -188,7 +195,6 @@ class FMRIEncoder(nn.Module):
             [Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.use_temp_attn) for _ in range(cfg.depth)]
         )
         self.norm = nn.LayerNorm(d)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.proj_head = ProjectionHead(
             n * cfg.window_size, cfg.out_channel, d, cfg.out_dim, cfg.use_norm, cfg.dropout
         )
@@ -206,7 +212,6 @@ class FMRIEncoder(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
 
     def embed(self, fmri: torch.Tensor) -> torch.Tensor:
         """(B, W, V) → patch tokens with positions (B·W, n, D)."""
@@ -285,11 +290,34 @@ class FMRIEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path, **overrides) -> FMRIEncoder:
         """Load a reference ``fmri_encoder/`` folder or our own; ``num_voxels=`` overrides the config."""
-        from mindvideo.checkpoint import load_fmri_encoder
-
         return load_fmri_encoder(path, **overrides)
 
     def save_pretrained(self, path) -> None:
-        from mindvideo.checkpoint import save_component
-
         save_component(self, path)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_fmri_encoder(path: str | Path, **overrides: Any) -> FMRIEncoder:
+    """A reference ``fmri_encoder/`` folder or our own. ``num_voxels=`` overrides the config (the fixed sin-cos
+    positions are recomputed for the new patch count; learned shapes must still fit)."""
+    folder = Path(path)
+    try:
+        config = FMRIEncoderConfig.load(folder / "config.json", **overrides)
+    except TypeError as exc:
+        raise MindVideoError(f"expected an fMRI encoder config in {folder}", str(exc), "fix config.json") from None
+    model = FMRIEncoder(config)
+    source = find_weights(folder)
+    state = read_state_dict(source)
+    pretrain_only = [k for k in state if k.startswith("decoder") and not hasattr(model, k.split(".")[0])]
+    if pretrain_only and model.decoder is None:
+        log.info("ignoring %d MBM decoder tensors in %s", len(pretrain_only), source)
+        state = {k: v for k, v in state.items() if k not in pretrain_only}
+    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
+        state["pos_embed"] = sincos_positions(config.embed_dim, config.num_patches)[None]  # fixed, not learned
+    # Reference encoders and older checkpoints of ours carry an MAE mask token the encoder never uses (masked brain
+    # modelling uses the decoder's own, decoder.mask_token): dropped.
+    state.pop("mask_token", None)
+    load_into(model, state, source, optional=("decoder.", "logit_scale"))
+    return model

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindvideo.config import Config
+from mindvideo.config import Config, read_json
 from mindvideo.errors import MindVideoError
 from mindvideo.models.attention import VideoTransformer
+from mindvideo.weights import find_weights, load_into, read_state_dict, save_component
 
 CROSS_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock3D")
 PLAIN_DOWN = ("DownBlock2D", "DownBlock3D")
@@ -385,11 +388,51 @@ class VideoUNet(nn.Module):
     @classmethod
     def from_pretrained(cls, path, **overrides) -> VideoUNet:
         """Load a diffusers SD UNet folder (inflated), a reference MinD-Video ``unet/`` folder, or our own."""
-        from mindvideo.checkpoint import load_unet
-
         return load_unet(path, **overrides)
 
     def save_pretrained(self, path) -> None:
-        from mindvideo.checkpoint import save_component
-
         save_component(self, path)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_unet(path: str | Path, **overrides: Any) -> VideoUNet:
+    """A diffusers SD UNet folder (inflated: temporal layers at init), a reference MinD-Video ``unet/`` folder
+    (2-D or 3-D block names, ``.bin`` or safetensors) or our own; ``overrides`` change config fields."""
+    folder = Path(path)
+    config = _read_unet_config(folder / "config.json", overrides)
+    model = VideoUNet(config)
+    source = find_weights(folder)
+    optional = ("attn_temp.", "norm_temp.")
+    if overrides.get("guidance_embedding") and not read_json(folder / "config.json").get("guidance_embedding"):
+        optional += ("guidance_embedding.",)  # a teacher loaded as a fresh student: zero-output embedding
+    load_into(model, read_state_dict(source), source, optional=optional)
+    return model
+
+
+def _read_unet_config(path: Path, overrides: dict[str, Any]) -> VideoUNetConfig:
+    data = read_json(path)
+    for key in ("class_embed_type", "num_class_embeds", "addition_embed_type", "encoder_hid_dim"):
+        if data.get(key) is not None:
+            raise MindVideoError(
+                f"expected an SD-1.x/2.x style UNet config in {path}",
+                f"{key}={data[key]!r}",
+                "this UNet variant is not supported",
+            )
+    if any(int(n) != 1 for n in _as_list(data.get("transformer_layers_per_block", 1))):
+        raise MindVideoError(
+            f"expected one transformer layer per block in {path}",
+            f"transformer_layers_per_block={data['transformer_layers_per_block']}",
+            "use an SD-1.x UNet",
+        )
+    try:
+        config = VideoUNetConfig.from_dict(data, **overrides)
+        config.validate()
+    except (TypeError, ValueError) as exc:
+        raise MindVideoError(f"expected a supported UNet config in {path}", str(exc), "fix config.json") from None
+    return config
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -10,7 +10,7 @@ import torch
 
 from mindvideo.checkpoint import load_components, read_state_dict
 from mindvideo.errors import MindVideoError
-from mindvideo.models import VideoUNet
+from mindvideo.models import FMRIEncoder, VideoUNet
 
 
 def test_reference_layout_loads_the_same_weights(tiny_ckpt, ref_ckpt_weights):
@@ -19,6 +19,14 @@ def test_reference_layout_loads_the_same_weights(tiny_ckpt, ref_ckpt_weights):
         a, b = ours[name].state_dict(), ref[name].state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reference_encoder_mask_token_is_ignored(reference_ckpt):
+    """The reference encoder's state dict has an MAE ``mask_token`` our encoder does not use: loading drops it."""
+    state = read_state_dict(reference_ckpt / "fmri_encoder" / "model.pth")
+    assert state["mask_token"].shape == (1, 1, 32)
+    encoder = FMRIEncoder.from_pretrained(reference_ckpt / "fmri_encoder")
+    assert "mask_token" not in encoder.state_dict() and set(encoder.state_dict()) == set(state) - {"mask_token"}
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ class ContrastiveObjective(Objective):
         self.head = nn.Identity() if out_dim == projection_dim else nn.Linear(out_dim, projection_dim, bias=False)
         self.image_weight, self.text_weight = image_weight, text_weight
         freeze(encoder, ("",))
-        for name in ("cls_token", "mask_token", "pos_embed"):
+        for name in ("cls_token", "pos_embed"):
             getattr(encoder, name).requires_grad_(False)
 
     def embed(self, fmri: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from mindvideo.train.stages.unet_text import VideoValidation, unet_shard_units, 
 
 log = logging.getLogger(__name__)
 
-FROZEN_ENCODER = ("cls_token", "mask_token", "pos_embed", "logit_scale")  # unused by the condition path
+FROZEN_ENCODER = ("cls_token", "pos_embed", "logit_scale")  # unused by the condition path
 
 
 @dataclasses.dataclass

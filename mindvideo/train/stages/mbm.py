@@ -134,8 +134,8 @@ class MBMObjective(Objective):
     def __init__(self, encoder: FMRIEncoder, mask_ratio: float):
         super().__init__()
         self.encoder, self.mask_ratio = encoder, mask_ratio
-        # the projection head, CLS token, the encoder's own mask token and the temperature take no part in MBM
-        unused = ("proj_head.", "cls_token", "mask_token", "logit_scale", "pos_embed")
+        # the projection head, CLS token and the temperature take no part in MBM
+        unused = ("proj_head.", "cls_token", "logit_scale", "pos_embed")
         for name, param in encoder.named_parameters():
             param.requires_grad_(not name.startswith(unused))
 
