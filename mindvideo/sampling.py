@@ -24,6 +24,27 @@ Denoiser = Callable[..., torch.Tensor]  # (x, t, cond) -> eps, or (x, t, cond, g
 SCHEDULERS = ("ddim", "dpm", "euler", "lcm")
 
 
+TEACHER_DEFAULTS = ("ddim", 50, 12.5)  # scheduler, steps, guidance scale (MinD-Video's evaluation g)
+LCM_DEFAULT_STEPS = 4
+
+
+def sampling_defaults(
+    facts, scheduler: str | None = None, steps: int | None = None, guidance: float | None = None
+) -> tuple[str, int, float]:
+    """The sampling settings left unset (``None``) for a UNet described by ``facts`` (its config, or anything with
+    ``guidance_embedding`` / ``guidance_range`` / ``schedulers``): DDIM, 50 steps and g = 12.5 for a teacher; for a
+    student the first scheduler it was distilled for (4 steps with LCM) and 12.5 clamped into its g range."""
+    allowed = getattr(facts, "schedulers", None)
+    scheduler = scheduler or (allowed[0] if allowed else TEACHER_DEFAULTS[0])
+    if steps is None:
+        steps = LCM_DEFAULT_STEPS if scheduler == "lcm" else TEACHER_DEFAULTS[1]
+    if guidance is None:
+        guidance, low_high = TEACHER_DEFAULTS[2], getattr(facts, "guidance_range", None)
+        if getattr(facts, "guidance_embedding", False) and low_high is not None:
+            guidance = min(max(guidance, low_high[0]), low_high[1])
+    return scheduler, steps, guidance
+
+
 def make_scheduler(config: dict[str, Any], kind: str = "ddim"):
     """A diffusers scheduler built from a checkpoint's scheduler config: DDIM, DPM-Solver++(2M), Euler or LCM's
     multistep consistency sampler (for a consistency-distilled student)."""

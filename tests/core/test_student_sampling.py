@@ -9,9 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from diffusers import LCMScheduler
 
 from mindvideo.checkpoint import SCHEDULER_CONFIG, load_unet, save_component
+from mindvideo.cli import main
 from mindvideo.errors import MindVideoError
 from mindvideo.models import VideoUNet
 from mindvideo.pipeline import GenerationConfig, MindVideoPipeline
@@ -141,3 +143,33 @@ def test_teacher_accepts_lcm(tiny_ckpt):
     cfg = GenerationConfig(num_frames=2, num_inference_steps=2, scheduler="lcm", guidance_scale=3.0)
     a, b = (pipe(fmri(1), None, cfg, output="float", progress=False) for _ in range(2))
     np.testing.assert_array_equal(a, b)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_generate_defaults_follow_the_student(lcm_student, fmri_file, tmp_path):
+    """No --scheduler/--steps/--guidance: LCM, 4 steps and g = 12.5 clamped into the student's range (8)."""
+    base = ["generate", "--checkpoint", lcm_student, "--fmri", fmri_file, "--frames", 2]
+    result = cli(*base, "--out", tmp_path / "default.npy")
+    assert result.exit_code == 0, result.output
+    explicit = ["--scheduler", "lcm", "--steps", 4, "--guidance", 8.0]
+    assert cli(*base, *explicit, "--out", tmp_path / "explicit.npy").exit_code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "default.npy"), np.load(tmp_path / "explicit.npy"))
+    assert cli(*base, *explicit[:4], "--guidance", 3.0, "--out", tmp_path / "g3.npy").exit_code == 0
+    assert np.abs(np.load(tmp_path / "g3.npy") - np.load(tmp_path / "default.npy")).max() > 1e-4
+
+
+def test_generate_with_a_student_warns_and_refuses(lcm_student, fmri_file, tmp_path, caplog):
+    base = ["generate", "--checkpoint", lcm_student, "--fmri", fmri_file, "--frames", 2]
+    out = tmp_path / "x.npy"
+    result = cli(*base, "--scheduler", "ddim", "--out", out)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: expected a scheduler among ['lcm']" in result.output and not out.exists()
+    negative = tmp_path / "negative.npy"
+    np.save(negative, np.load(fmri_file)[0])
+    with caplog.at_level(logging.WARNING):
+        result = cli(*base, "--guidance", 12.5, "--negative-fmri", negative, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "outside the range [1, 8]" in caplog.text and "ignores --negative-fmri" in caplog.text
