@@ -20,11 +20,13 @@ from tqdm.auto import tqdm
 from mindvideo.checkpoint import load_components
 from mindvideo.errors import MindVideoError
 from mindvideo.models import FMRIEncoder, VideoUNet
+from mindvideo.models.tiny_decoder import TinyDecoder, load_tiny_decoder
 from mindvideo.sampling import SCHEDULERS, guided_sample, initial_noise, make_scheduler
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DECODERS = ("vae", "tiny")
 
 
 @dataclass
@@ -40,13 +42,24 @@ class GenerationConfig:
     seed: int = 3407
     eta: float = 0.0
     decode_chunk: int = 16  # frames per VAE decode call
+    decoder: str = "vae"  # "vae", or "tiny": the checkpoint's distilled tiny_decoder/ (much cheaper, less detail)
 
 
 class MindVideoPipeline:
     """The PyTorch pipeline. ``pipe(fmri (B, W, V) or (W, V)) -> video``; see :meth:`__call__`."""
 
-    def __init__(self, fmri_encoder: FMRIEncoder, unet: VideoUNet, vae, scheduler_config: dict, transform=None):
+    def __init__(
+        self,
+        fmri_encoder: FMRIEncoder,
+        unet: VideoUNet,
+        vae,
+        scheduler_config: dict,
+        transform=None,
+        tiny_decoder: TinyDecoder | None = None,
+    ):
         self.fmri_encoder, self.unet, self.vae = fmri_encoder.eval(), unet.eval(), vae.eval()
+        self.tiny_decoder = None if tiny_decoder is None else tiny_decoder.eval()
+        self.checkpoint: Path | None = None  # where from_pretrained loaded from: tiny_decoder/ is read on first use
         self.scheduler_config = scheduler_config
         self.transform = transform  # the fitted FMRITransform of CKPT/data_transform, if the checkpoint has one
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -60,6 +73,7 @@ class MindVideoPipeline:
         parts = load_components(path, num_voxels=num_voxels)
         transform = load_transform(path)
         pipe = cls(parts["fmri_encoder"], parts["unet"], parts["vae"], parts["scheduler_config"], transform)
+        pipe.checkpoint = Path(path)
         return pipe.to(device, dtype)
 
     def to(self, device: str | torch.device, dtype: str = "fp32") -> MindVideoPipeline:
@@ -70,7 +84,20 @@ class MindVideoPipeline:
         self.fmri_encoder.to(device, torch_dtype)
         self.unet.to(device, torch_dtype)
         move(self.vae, device, torch.float32 if torch_dtype == torch.float16 else torch_dtype)
+        if self.tiny_decoder is not None:
+            move(self.tiny_decoder, device, next(self.vae.parameters()).dtype)
         return self
+
+    def load_tiny_decoder(self) -> TinyDecoder:
+        """The tiny decoder (``CKPT/tiny_decoder``, loaded on first use); :class:`MindVideoError` if there is none."""
+        if self.tiny_decoder is None:
+            if self.checkpoint is None:
+                raise MindVideoError(
+                    "expected a tiny decoder for decoder='tiny'", "none", "pass tiny_decoder= or load a checkpoint"
+                )
+            decoder = load_tiny_decoder(self.checkpoint)
+            self.tiny_decoder = move(decoder, self.device, next(self.vae.parameters()).dtype)
+        return self.tiny_decoder
 
     @property
     def device(self) -> torch.device:
@@ -122,12 +149,17 @@ class MindVideoPipeline:
         return bool(self.unet.config.guidance_embedding)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-        """(B, 4, F, h, w) latents → (B, 3, F, H, W) float32 in [0, 1], decoding ``chunk`` frames per call."""
+    def decode(self, latents: torch.Tensor, chunk: int = 16, decoder: str = "vae") -> torch.Tensor:
+        """(B, 4, F, h, w) latents → (B, 3, F, H, W) float32 in [0, 1], decoding ``chunk`` frames per call with the
+        VAE decoder or (``decoder="tiny"``) the tiny decoder; both take the latents divided by the VAE scaling."""
         b, c, f, h, w = latents.shape
         flat = latents.transpose(1, 2).reshape(b * f, c, h, w) / self.vae_scaling  # (B·F, 4, h, w)
-        vae_dtype = next(self.vae.parameters()).dtype
-        frames = [self.vae.decode(flat[i : i + chunk].to(vae_dtype)).sample.float() for i in range(0, b * f, chunk)]
+        if decoder == "tiny":
+            tiny = self.load_tiny_decoder()
+            frames = [tiny(flat[i : i + chunk].to(tiny.dtype)).float() for i in range(0, b * f, chunk)]
+        else:
+            dtype = next(self.vae.parameters()).dtype
+            frames = [self.vae.decode(flat[i : i + chunk].to(dtype)).sample.float() for i in range(0, b * f, chunk)]
         video = torch.cat(frames).reshape(b, f, 3, h * self.vae_scale_factor, w * self.vae_scale_factor)
         return (video / 2 + 0.5).clamp(0, 1).transpose(1, 2).cpu()  # (B, 3, F, H, W)
 
@@ -136,7 +168,9 @@ class MindVideoPipeline:
     def check_generation(self, cfg: GenerationConfig) -> tuple[int, int]:
         """Validated (height, width) for ``cfg`` (and the scheduler and g for a student, :func:`check_student`)."""
         default = self.unet.config.sample_size * self.vae_scale_factor
-        size = generation_size(cfg, (default, default), self.vae_scale_factor)
+        size = generation_size(cfg, (default, default), self.vae_scale_factor, decoders=DECODERS)
+        if cfg.decoder == "tiny":
+            self.load_tiny_decoder()  # a missing tiny_decoder/ is reported before any denoising
         check_student(self.unet.config, cfg.scheduler, cfg.guidance_scale)
         return size
 
@@ -197,15 +231,18 @@ class MindVideoPipeline:
                 single_pass=self.is_student,
             )
         # 3. decode per frame
-        video = self.decode(latents, cfg.decode_chunk)
+        video = self.decode(latents, cfg.decode_chunk, cfg.decoder)
         if output == "float":
             return video.numpy()
         return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).numpy()  # (B, F, H, W, 3)
 
 
-def generation_size(cfg: GenerationConfig, default: tuple[int, int], factor: int) -> tuple[int, int]:
+def generation_size(
+    cfg: GenerationConfig, default: tuple[int, int], factor: int, decoders: tuple[str, ...] = ("vae",)
+) -> tuple[int, int]:
     """Validated (height, width) of ``cfg`` (``default`` where unset; multiples of the VAE ``factor``), with at least
-    one frame and one step and a known scheduler — the checks every generator shares."""
+    one frame and one step, a known scheduler and a decoder among the caller's ``decoders`` — the checks every
+    generator shares."""
     height, width = cfg.height or default[0], cfg.width or default[1]
     if height % factor or width % factor or height <= 0 or width <= 0:
         raise MindVideoError(
@@ -219,6 +256,11 @@ def generation_size(cfg: GenerationConfig, default: tuple[int, int], factor: int
         )
     if cfg.scheduler not in SCHEDULERS:
         raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
+    if cfg.decoder not in decoders:
+        fix = "use --decoder vae" if cfg.decoder in DECODERS else f"pick one of {list(decoders)}"
+        if cfg.decoder in DECODERS:
+            fix += ", or the PyTorch pipeline (--backend pytorch) for the tiny decoder"
+        raise MindVideoError(f"expected a decoder among {list(decoders)} here", repr(cfg.decoder), fix)
     return height, width
 
 

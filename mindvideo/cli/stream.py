@@ -113,6 +113,13 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
 @click.option("--steps", default=8, show_default=True, help="Denoising steps (nominal).")
 @click.option("--guidance", default=12.5, show_default=True, help="Guidance scale (1 = none).")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True)
+@click.option(
+    "--decoder",
+    type=click.Choice(["vae", "tiny"]),
+    default="vae",
+    show_default=True,
+    help="vae, or the checkpoint's tiny_decoder/ (pytorch backend; see mindvideo generate --help).",
+)
 @click.option("--seed", default=3407, show_default=True)
 @click.option("--height", type=int, help="Output height [default: the UNet's native size].")
 @click.option("--width", type=int, help="Output width [default: the UNet's native size].")
@@ -222,6 +229,10 @@ def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
             "--backend pytorch",
             "add --backend",
         )
+    if opts["decoder"] == "tiny" and opts["backend"] != "pytorch":
+        raise MindVideoError(
+            "expected --backend pytorch with --decoder tiny", f"--backend {opts['backend']}", "drop --decoder tiny"
+        )
     if opts["backend"] == "pytorch":
         pipe = MindVideoPipeline.from_pretrained(opts["checkpoint"], dtype=opts["dtype"], device=opts["device"])
     else:
@@ -244,6 +255,7 @@ def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
         guidance_scale=opts["guidance"],
         scheduler=opts["scheduler"],
         seed=opts["seed"],
+        decoder=opts["decoder"],
     )
     pipe.check_generation(gen)
     if opts["policy"] == "skip-frames":  # the policy may go down to --min-frames: that must run too
