@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import click
 import numpy as np
 
 from mindvideo.errors import MindVideoError
-from mindvideo.sampling import SCHEDULERS
+from mindvideo.sampling import SCHEDULERS, sampling_defaults
+
+log = logging.getLogger(__name__)
 
 GENERATE_BACKENDS = ("pytorch", "torch", "torch-compile", "onnxruntime", "tensorrt")
 
@@ -92,9 +96,17 @@ def parse_range(text: str) -> tuple[int, int | None]:
 @click.option(
     "--width", type=int, help="Output width, a multiple of 8 [default: the UNet's native size; --eval: the split's]."
 )
-@click.option("--steps", default=50, show_default=True, help="Denoising steps.")
-@click.option("--guidance", default=12.5, show_default=True, help="Guidance scale g (1 = no guidance).")
-@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help="Denoising steps [default: 50; 4 with --scheduler lcm].")
+@click.option(
+    "--guidance",
+    type=float,
+    help="Guidance scale g (1 = no guidance) [default: 12.5; a distilled student: clamped into its g range].",
+)
+@click.option(
+    "--scheduler",
+    type=click.Choice(SCHEDULERS),
+    help="[default: ddim; a distilled student: the first scheduler it was distilled for, e.g. lcm].",
+)
 @click.option(
     "--decoder",
     type=click.Choice(["vae", "tiny"]),
@@ -191,6 +203,7 @@ def generate(
         named = ", ".join(k for k, v in extras.items() if v is not None)
         raise MindVideoError("expected --eval REPORT with the evaluation options", named, "add --eval report/")
     first, last = parse_range(trs)
+    explicit_negative = negative_fmri is not None
     fmri = None if fmri_path is None else read_fmri_array(fmri_path)
     if fmri is not None and fmri.ndim == 3 and fmri.shape[0] == 0:
         raise MindVideoError(f"expected at least one fMRI window in {fmri_path}", "shape (0, …)", "check the file")
@@ -238,6 +251,14 @@ def generate(
         from mindvideo.engine.runtime import load_runtime
 
         model = load_runtime(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype, loop=loop)
+    # settings left unset follow the model: a distilled student names its schedulers and g range
+    facts = getattr(model, "unet_facts", None) or model.unet.config
+    scheduler, steps, guidance = sampling_defaults(facts, scheduler, steps, guidance)
+    cfg = dataclasses.replace(cfg, scheduler=scheduler, num_inference_steps=steps, guidance_scale=guidance)
+    if facts.guidance_embedding:  # a student's negative was fixed at distillation
+        if negative is not None and explicit_negative:
+            log.warning("a distilled student ignores --negative-fmri (its negative was fixed at distillation)")
+        negative = None
     if scan is not None:
         fmri = scan_windows(model.transform, scan, first, last)
     if batch_size is None:
