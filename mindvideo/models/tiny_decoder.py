@@ -28,6 +28,7 @@ from torch import nn
 
 from mindvideo.config import Config
 from mindvideo.errors import MindVideoError
+from mindvideo.weights import find_weights, load_into, read_state_dict, save_component
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
 WIDTH = 64  # channels per level of the default decoder (the full-resolution level has half)
@@ -171,8 +172,6 @@ class TinyDecoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> TinyDecoder:
         """A ``tiny_decoder/`` folder (``config.json`` + weights); every problem is a :class:`MindVideoError`."""
-        from mindvideo.checkpoint import find_weights, load_into, read_state_dict
-
         folder = Path(path)
         if not folder.is_dir():
             raise MindVideoError(
@@ -191,8 +190,6 @@ class TinyDecoder(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """``config.json`` + ``diffusion_pytorch_model.safetensors``, written atomically."""
-        from mindvideo.checkpoint import save_component
-
         save_component(self, path)
 
 
