@@ -3,7 +3,8 @@
 The encoder and the UNet export as they are: a student UNet's ``forward(sample, timestep, encoder_hidden_states,
 guidance)`` takes the spec's fourth input, ``guidance`` (g per row), positionally like the others. The VAE decoder
 gets a thin wrapper that folds in what every caller does around ``vae.decode``: undo the latent scaling
-(``latent / scaling_factor``) and map ``[-1, 1]`` to ``[0, 1]``.
+(``latent / scaling_factor``) and map ``[-1, 1]`` to ``[0, 1]``. The tiny decoder takes ``vae.decode``'s input and gets
+the same wrapper, so the two decoder graphs are interchangeable.
 The runtime's PyTorch backend should call these same modules so every backend computes one function.
 """
 
@@ -32,6 +33,20 @@ class VAEDecoderForExport(nn.Module):
         return (images / 2 + 0.5).clamp(0, 1)
 
 
+class TinyDecoderForExport(nn.Module):
+    """The tiny decoder with :class:`VAEDecoderForExport`'s signature: ``latent (N, 4, h, w)`` as the sampler leaves
+    it → ``images (N, 3, H, W)`` in [0, 1]. ``scaling_factor`` is the VAE's (the tiny decoder takes ``vae.decode``'s
+    input)."""
+
+    def __init__(self, decoder: nn.Module, scaling_factor: float):
+        super().__init__()
+        self.decoder, self.scaling_factor = decoder, float(scaling_factor)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        images = self.decoder(latent / self.scaling_factor)  # (N, 3, H, W) in [-1, 1]
+        return (images / 2 + 0.5).clamp(0, 1)
+
+
 def network_module(name: str, components: dict[str, Any]) -> nn.Module:
     """The eval-mode fp32 module of network ``name`` from :func:`mindvideo.checkpoint.load_components`' dict."""
     if name == "fmri_encoder":
@@ -42,6 +57,11 @@ def network_module(name: str, components: dict[str, Any]) -> nn.Module:
         if components.get("vae") is None:
             raise MindVideoError("expected a VAE in the checkpoint to export the decoder", "none loaded")
         module = VAEDecoderForExport(components["vae"])
+    elif name == "tiny_decoder":
+        if components.get("tiny_decoder") is None:
+            raise MindVideoError("expected a tiny decoder in the checkpoint to export it", "none loaded")
+        scaling = components.get("vae_scaling") or getattr(components["vae"].config, "scaling_factor", 0.18215)
+        module = TinyDecoderForExport(components["tiny_decoder"], scaling)
     else:
         raise ValueError(f"unknown network {name!r}")
     return module.float().eval().requires_grad_(False)
@@ -50,12 +70,18 @@ def network_module(name: str, components: dict[str, Any]) -> nn.Module:
 def load_network(name: str, checkpoint: str | Path) -> nn.Module:
     """Load only what network ``name`` needs from a checkpoint folder (one SD-1.5 model in memory at a time)."""
     from mindvideo.checkpoint import load_fmri_encoder, load_unet, load_vae
+    from mindvideo.config import read_json
+    from mindvideo.models.tiny_decoder import TinyDecoder
 
     root = Path(checkpoint)
     loaders = {
         "fmri_encoder": lambda: {"fmri_encoder": load_fmri_encoder(root / "fmri_encoder")},
         "unet": lambda: {"unet": load_unet(root / "unet")},
         "vae_decoder": lambda: {"vae": load_vae(root / "vae")},
+        "tiny_decoder": lambda: {
+            "tiny_decoder": TinyDecoder.from_pretrained(root / "tiny_decoder"),
+            "vae_scaling": read_json(root / "vae" / "config.json").get("scaling_factor") or 0.18215,
+        },
     }
     if name not in loaders:
         raise ValueError(f"unknown network {name!r}")

@@ -1,11 +1,12 @@
 """``export_onnx``: a checkpoint folder → verified ONNX graphs + ``manifest.json``, reusing what is unchanged.
 
-For each network (``fmri_encoder``, ``unet``, ``vae_decoder``) a cache key hashes everything its graph depends on:
-the component's ``config.json`` (canonical JSON) and weight file, the :class:`ExportSpec` (precision, shapes,
-profile), the opset, the exporter and the tool versions. A network whose key equals the one in an existing
-manifest, and whose files still hash to the recorded sha256, is reused without loading the model; the others are
-traced, cleaned, checked and verified against PyTorch in a staging folder beside ``out`` and moved in only when
-every network succeeded, the manifest last. A failed export leaves ``out`` as it was.
+For each network (``fmri_encoder``, ``unet``, ``vae_decoder``, and ``tiny_decoder`` when the checkpoint has a
+``tiny_decoder/``) a cache key hashes everything its graph depends on: the component's ``config.json`` (canonical
+JSON) and weight file, the :class:`ExportSpec` (precision, shapes, profile), the opset, the exporter and the tool
+versions. A network whose key equals the one in an existing manifest, and whose files still hash to the recorded
+sha256, is reused without loading the model; the others are traced, cleaned, checked and verified against PyTorch in
+a staging folder beside ``out`` and moved in only when every network succeeded, the manifest last. A failed export
+leaves ``out`` as it was.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ from .manifest import (
     write_json_atomic,
 )
 from .modules import cast_module, load_network
-from .spec import NETWORKS, ExportSpec, NetworkShapes, SpecOptions, build_specs
+from .spec import NETWORKS, OPTIONAL_NETWORKS, ExportSpec, NetworkShapes, SpecOptions, build_specs
 
 log = logging.getLogger(__name__)
 
 EXPORT_LOGIC_VERSION = 1  # bump when a change here changes the graphs: old caches then miss
-COMPONENT = {"fmri_encoder": "fmri_encoder", "unet": "unet", "vae_decoder": "vae"}
+COMPONENT = {"fmri_encoder": "fmri_encoder", "unet": "unet", "vae_decoder": "vae", "tiny_decoder": "tiny_decoder"}
 Progress = Callable[[str], None]
 
 
@@ -102,6 +103,7 @@ class CheckpointInfo:
     config_sha256: dict[str, str]  # per network
     weights_sha256: dict[str, str]  # per network
     scheduler_config: dict[str, Any]
+    networks: tuple[str, ...] = NETWORKS  # + the optional networks the checkpoint has (a tiny decoder)
 
     @property
     def sha256(self) -> str:
@@ -123,14 +125,19 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
             f"{missing} missing",
             "point --checkpoint at the checkpoint root",
         )
+    networks = NETWORKS + tuple(n for n in OPTIONAL_NETWORKS if (root / COMPONENT[n]).is_dir())
     configs, config_sha, weights_sha = {}, {}, {}
-    for network, component in COMPONENT.items():
-        folder = root / component
-        configs[component] = read_json(folder / "config.json")
-        config_sha[network] = sha256_json(configs[component])
+    for network in networks:
+        folder = root / COMPONENT[network]
+        configs[COMPONENT[network]] = read_json(folder / "config.json")
+        config_sha[network] = sha256_json(configs[COMPONENT[network]])
         weights_sha[network] = sha256_file(find_weights(folder))
+    if "tiny_decoder" in networks:  # its graph divides by the VAE's scaling factor: a changed factor re-exports it
+        scaling = configs["vae"].get("scaling_factor")
+        config_sha["tiny_decoder"] = sha256_json({"tiny_decoder": configs["tiny_decoder"], "vae_scaling": scaling})
     shapes = NetworkShapes.from_configs(configs["fmri_encoder"], configs["unet"], configs["vae"])
-    return CheckpointInfo(root, shapes, config_sha, weights_sha, load_scheduler_config(root / "scheduler"))
+    scheduler = load_scheduler_config(root / "scheduler")
+    return CheckpointInfo(root, shapes, config_sha, weights_sha, scheduler, networks)
 
 
 def cache_key(info: CheckpointInfo, spec: ExportSpec, settings: ExportSettings, tools: dict[str, str]) -> str:
@@ -160,20 +167,22 @@ def export_onnx(
     force: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
-    """Export the three networks of ``checkpoint`` to ``out`` (see the module docstring); returns the manifest and
-    one :class:`NetworkResult` per network. ``force`` re-exports even when the cache key matches."""
+    """Export the three networks of ``checkpoint`` (and its tiny decoder, if it has one) to ``out`` (see the module
+    docstring); returns the manifest and one :class:`NetworkResult` per network. ``force`` re-exports even when the
+    cache key matches."""
     say = progress or log.info
     graph.check_opset(settings.opset)
     graph.check_exporter(settings.exporter, settings.spec.attention)  # before anything is traced
     out, info = Path(out), inspect_checkpoint(checkpoint)
-    specs, tools = build_specs(info.shapes, settings.spec), tool_versions()
+    specs = build_specs(info.shapes, settings.spec, tiny_decoder="tiny_decoder" in info.networks)
+    tools = tool_versions()
     previous = _previous_manifest(out)
     keys = {name: cache_key(info, spec, settings, tools) for name, spec in specs.items()}
-    reuse = {name for name in NETWORKS if not force and _reusable(out, previous, name, keys[name])}
+    reuse = {name for name in info.networks if not force and _reusable(out, previous, name, keys[name])}
     staging = _staging_dir(out)
     try:
         entries, results = {}, []
-        for name in NETWORKS:
+        for name in info.networks:
             if name in reuse:
                 say(f"{name}: reused (checkpoint and settings unchanged, cache key {keys[name][:12]})")
                 entries[name] = previous["networks"][name]

@@ -18,6 +18,7 @@ Shapes are tuples whose entries are ints (static) or axis names (dynamic). The n
                   encoder_hidden_states (batch, L, D)
                   [, guidance (batch,) — a distilled student only]     → noise_pred (batch, 4, frames, h, w)
     vae_decoder   latent (frames, 4, h, w)                             → images (frames, 3, H, W) in [0, 1]
+    tiny_decoder  the same as vae_decoder (only when the checkpoint has a tiny_decoder/)
 
 The decoder works per frame: its ``frames`` axis counts frame latents (B·F of a batch of clips). The VAE is an image
 model, so a per-frame graph is exactly the model, lets the runtime decode a clip in chunks as frames become ready
@@ -41,6 +42,7 @@ import torch
 from mindvideo.errors import MindVideoError
 
 NETWORKS = ("fmri_encoder", "unet", "vae_decoder")
+OPTIONAL_NETWORKS = ("tiny_decoder",)  # exported when the checkpoint has the component (CKPT/tiny_decoder)
 ATTENTION_MODES = ("onnx", "plugin")  # how the UNet's sparse-causal attention is written (see export/plugin.py)
 GRAPH_DTYPES = {"fp32": "float32", "fp16": "float16"}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -337,8 +339,9 @@ def _student(shapes: NetworkShapes) -> dict[str, Any] | None:
     }
 
 
-def build_specs(shapes: NetworkShapes, options: SpecOptions) -> dict[str, ExportSpec]:
-    """The three specs for one checkpoint and one set of options."""
+def build_specs(shapes: NetworkShapes, options: SpecOptions, *, tiny_decoder: bool = False) -> dict[str, ExportSpec]:
+    """The three specs for one checkpoint and one set of options (four with ``tiny_decoder``: the distilled decoder,
+    whose inputs, outputs and profile are the VAE decoder's)."""
     options.validate()
     h, w = latent_size(shapes, options)
     dtype, vae_dtype = GRAPH_DTYPES[options.precision], GRAPH_DTYPES[options.vae_precision]
@@ -378,4 +381,5 @@ def build_specs(shapes: NetworkShapes, options: SpecOptions) -> dict[str, Export
         precision=options.vae_precision,
         trace_dims={"frames": dec_frames.clamp(2)},
     )
-    return {s.name: s for s in (encoder, unet, decoder)}
+    tiny = (dataclasses.replace(decoder, name="tiny_decoder"),) if tiny_decoder else ()
+    return {s.name: s for s in (encoder, unet, decoder, *tiny)}
