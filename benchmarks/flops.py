@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rate", type=float, default=BF16_RATE / 1e12, help="matrix rate for the floor, TFLOP/s")
     parser.add_argument("--out", type=Path, default=RESULTS / "flops-sd15.json", help="result JSON")
     args = parser.parse_args(argv)
-    record = run(args, [str(Path(__file__).name), *argv])
+    record = run(args, ["benchmarks/flops.py", *argv])
     for name, counts in record["per_frame_gflop"].items():
         parts = ", ".join(f"{k} {v:.1f}" for k, v in counts.items())
         print(f"{name:<13} GFLOP per frame: {parts}")
