@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mindvideo.checkpoint import load_components
 from mindvideo.models import FMRIEncoder, FMRIEncoderConfig, VideoUNet, VideoUNetConfig
 
 
@@ -29,8 +30,6 @@ def describe_encoder(encoder: FMRIEncoder) -> dict[str, Any]:
 
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
-    from mindvideo.checkpoint import load_components
-
     parts = load_components(path)
     vae = parts["vae"]
     return {

@@ -24,6 +24,7 @@ import torch.utils.data as tud
 
 from mindvideo.data.layouts import Segment
 from mindvideo.data.prepare import CleanSegment, clean_segment
+from mindvideo.data.preprocess import window_indices
 from mindvideo.data.transform import FMRITransform
 from mindvideo.errors import MindVideoError
 
@@ -175,8 +176,6 @@ class HCPStream(tud.IterableDataset):
         return self.transform.apply(self.transform.load_run(path))
 
     def _windows(self, files: list[Path]) -> Iterator[np.ndarray]:
-        from mindvideo.data.preprocess import window_indices
-
         for path in files:
             frames = self._frames(path)
             for idx in window_indices(len(frames), self.window_size):

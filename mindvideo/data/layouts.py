@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mindvideo.config import read_json
 from mindvideo.data.io import (
     FMRIRun,
     LoadConfig,
@@ -107,8 +108,6 @@ def read_dataset_json(root: Path, subject: str | int = "1") -> dict[str, Any]:
     path = root / "dataset.json"
     if not path.is_file():
         return {}
-    from mindvideo.config import read_json
-
     data = read_json(path)
     out = {k: data[k] for k in ("tr", "mask", "atlas", "labels", "cifti_select") if data.get(k) is not None}
     for key in ("mask", "atlas"):

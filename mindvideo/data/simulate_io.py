@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mindvideo.data.io import read_video
+from mindvideo.data.preprocess import PreprocessConfig, average_repeats, clean_run
+
 if TYPE_CHECKING:
     from mindvideo.data.simulate import Brain, SimConfig, Stimulus
 
@@ -91,9 +94,6 @@ def write_arrays(
     """The reference's preprocessed layout under ``root/arrays``: per subject ``fmri_{split}_<subject>.npy``
     (S, T, V_visual) detrended, z-scored and repeat-averaged; shared ``video_{split}_<size>_<fps>hz.npy`` and
     ``text_{split}_<fps>hz.npy`` (S, T, F)."""
-    from mindvideo.data.io import read_video
-    from mindvideo.data.preprocess import PreprocessConfig, average_repeats, clean_run
-
     folder = root / "arrays"
     folder.mkdir(exist_ok=True)
     clean = PreprocessConfig()

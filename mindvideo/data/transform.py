@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from mindvideo.config import read_json
 from mindvideo.data import preprocess as pp
 from mindvideo.data.io import FMRIRun, Grayordinates, LoadConfig, VoxelMask, load_run
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +154,6 @@ class FMRITransform:
         """Write ``config.json`` + ``state.safetensors`` atomically into ``folder`` (replaced if present)."""
         from safetensors.numpy import save_file
 
-        from mindvideo.checkpoint import atomic_folder  # imported here: checkpoint may import the data layer
-
         state = {
             "keep": self.keep.astype(np.int64),
             "mean": np.atleast_1d(self.mean),
@@ -185,8 +185,6 @@ class FMRITransform:
     @classmethod
     def load(cls, folder: str | Path) -> FMRITransform:
         """Read a folder written by :meth:`save` (e.g. ``CKPT/data_transform``)."""
-        from mindvideo.config import read_json
-
         folder = Path(folder)
         config = read_json(folder / "config.json")
         if config.get("format") != FORMAT:

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mindvideo.checkpoint import atomic_folder
 from mindvideo.errors import MindVideoError
-from mindvideo.train.distributed import DistInfo, gather_objects
+from mindvideo.fsutil import atomic_folder
+from mindvideo.train.distributed import DistInfo, barrier, gather_objects, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +144,12 @@ def versions() -> dict[str, str]:
 
 
 def trainable_names(model: nn.Module) -> list[str]:
-    from mindvideo.train.distributed import unwrap
-
     return [n for n, p in unwrap(model).named_parameters() if p.requires_grad]
 
 
 def evolving_names(model: nn.Module) -> list[str]:
     """State-dict keys of frozen state that still changes during training (e.g. an EMA target network), declared by
     the objective's ``evolving_state`` prefixes; saved with the trainable parameters so a run resumes exactly."""
-    from mindvideo.train.distributed import unwrap
-
     prefixes = tuple(getattr(unwrap(model), "evolving_state", ()))
     return [k for k in unwrap(model).state_dict() if prefixes and k.startswith(prefixes)]
 
@@ -213,8 +209,6 @@ def save_state(
             payload = {**trainer, "step": step, "world_size": info.world_size}
             (tmp / "trainer.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         _prune(out / "checkpoints", keep)
-    from mindvideo.train.distributed import barrier
-
     barrier()
     return folder
 
