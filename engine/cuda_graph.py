@@ -1,22 +1,7 @@
-"""The whole denoising loop as one CUDA graph: no Python and no host sync per step.
+"""The whole denoising loop as one CUDA graph (:class:`GraphedLoop`): no Python and no host sync per step.
 
-:class:`GraphedLoop` owns static device buffers for one (batch, frames, resolution, steps, scheduler) configuration
-— the latents, the guided model input, the conditions, the solver state, every step's timesteps and the fused
-update's parameter rows (:func:`mindvideo.engine.device_update_triton.plan_parameters`) — and captures all S steps of
-``UNet([x; x]·s_i, t_i, cond) → guidance + scheduler update`` (the Triton kernel) into one ``torch.cuda.CUDAGraph``.
-A clip is then: copy noise and conditions in, one ``replay()``, copy latents out. Each captured step reads its own
-precomputed timestep and parameter row, so the replay needs nothing from the host.
-
-Stochastic samplers stay static too: LCM's re-noising noise (one draw per step but the last) is a ``(K, B, ...)``
-buffer filled before the replay like the latents (:func:`mindvideo.sampling.step_noise`), and step ``i`` reads row
-``i``. A student UNet (``single_pass``) runs B rows per step with its guidance scale in a static ``(B,)`` buffer
-passed as ``unet(x, t, cond, guidance)``, and no guidance mix.
-
-:meth:`GraphedLoop.run_eager` runs the same steps as an ordinary per-step Python loop (any device; on CPU with the
-torch update) — the baseline the graph is measured against, and the CPU-testable twin of the captured sequence.
-
-**Status**: the capture path needs a CUDA GPU and has not been executed on one yet (no GPU in this repository's
-development sessions so far); ``tests/engine/test_engine_cuda_graph.py`` has the GPU checks, skipped on CPU.
+A clip is: copy noise and conditions in, one ``replay()``, copy latents out. The capture path needs a CUDA GPU and
+has not run on one yet; ``tests/engine/test_engine_cuda_graph.py`` has the GPU checks, skipped on CPU.
 """
 
 from __future__ import annotations
@@ -43,6 +28,20 @@ class GraphedLoop:
     ``single_pass``: a student UNet, called ``unet(x, t, cond, guidance)`` with B rows and ``guidance`` the (B,)
     float32 guidance scale; its output is the update's model output as it is (no guidance mix). A stochastic plan
     (LCM) takes ``noise`` (``plan.noise_rows``, B, C, F, h, w) with every call.
+
+    Static device buffers for one (batch, frames, resolution, steps, scheduler) configuration — the latents, the guided
+    model input, the conditions, the solver state, every step's timesteps and the fused update's parameter rows
+    (:func:`mindvideo.engine.device_update_triton.plan_parameters`) — and captures all S steps of ``UNet([x; x]·s_i,
+    t_i, cond) → guidance + scheduler update`` (the Triton kernel) into one ``torch.cuda.CUDAGraph``. A clip is then:
+    copy noise and conditions in, one ``replay()``, copy latents out. Each captured step reads its own precomputed
+    timestep and parameter row, so the replay needs nothing from the host.
+
+    Stochastic samplers stay static too: LCM's re-noising noise (one draw per step but the last) is a ``(K, B, ...)``
+    buffer filled before the replay like the latents (:func:`mindvideo.sampling.step_noise`), and step ``i`` reads row
+    ``i``; a student's guidance scale is a static ``(B,)`` buffer too.
+
+    :meth:`GraphedLoop.run_eager` runs the same steps as an ordinary per-step Python loop (any device; on CPU with the
+    torch update) — the baseline the graph is measured against, and the CPU-testable twin of the captured sequence.
     """
 
     def __init__(

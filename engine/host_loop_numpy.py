@@ -1,22 +1,7 @@
 """The sampling loop in numpy: the pure-Python twin of the C extension ``mindvideo.engine._host_loop``.
 
-Both modules export the same two functions with the same signatures, checks and error messages, and do the same
-arithmetic (float32 buffers, float64 maths, one rounding per stored value) in the same order, so either can stand
-in for the other; :mod:`mindvideo.engine.host_loop` picks the C one when it is built. The loop drives the one seam
-every backend implements::
-
-    eps = denoise(x_in, t, cond)     x_in (rows, ...) float32, rows = 2B (guided: [negative; positive]) or B
-
-``x_in`` is the scaled model input (``scale_model_input``), written into one buffer that is reused every step (do
-not keep it); ``t`` is the step's timestep as a Python number; ``cond`` is passed through untouched. Guidance is on
-when ``guidance_scale > 1`` (as in diffusers pipelines): ``cond`` then stacks the negative and positive conditions
-and ``eps`` comes back with 2B rows in the same order. With ``single_pass=True`` (a guidance-distilled student) the
-loop runs B rows and uses ``eps`` as it comes, with no guidance mix: the student takes g as an input, so the caller
-binds it into ``denoise`` (e.g. ``functools.partial(backend.denoise, guidance=g)``).
-
-Stochastic plans (DDIM η > 0, LCM) take their noise either from ``step_noise``, a precomputed ``(K, B, ...)``
-float32 buffer whose row ``i`` is step ``i``'s draw (LCM: K = S − 1, see :func:`mindvideo.sampling.step_noise`),
-or from a ``variance_noise(step)`` callback.
+Same functions, signatures, checks, error messages and arithmetic (float32 buffers, float64 maths, one rounding per
+stored value, in the same order), so either stands in for the other; :mod:`mindvideo.engine.host_loop` picks one.
 """
 
 from __future__ import annotations
@@ -165,6 +150,17 @@ def run_loop(
     ``single_pass``: B model rows and no guidance mix whatever ``guidance_scale`` (a student; g is bound into
     ``denoise``). ``callback(step, t, x)`` runs after each update with the live latents (copy them to keep them); an
     exception raised there or in ``denoise`` stops the loop and propagates.
+
+    ``denoise`` is the one seam every backend implements::
+
+        eps = denoise(x_in, t, cond)     x_in (rows, ...) float32, rows = 2B (guided: [negative; positive]) or B
+
+    ``x_in`` is the scaled model input (``scale_model_input``), written into one buffer that is reused every step (do
+    not keep it); ``t`` is the step's timestep as a Python number; ``cond`` is passed through untouched. Guidance is on
+    when ``guidance_scale > 1`` (as in diffusers pipelines): ``cond`` then stacks the negative and positive conditions
+    and ``eps`` comes back with 2B rows in the same order. A student binds g into ``denoise``
+    (``functools.partial(backend.denoise, guidance=g)``). LCM's ``step_noise`` has K = S − 1 rows
+    (:func:`mindvideo.sampling.step_noise`).
     """
     x = np.array(check_float32(latents, "latents"))
     noises = _check_run(x, plan, variance_noise, step_noise)

@@ -1,28 +1,8 @@
 """Sampling plans: a diffusers scheduler unrolled, once, into the per-step coefficients of one fused update.
 
-Each supported sampler step is linear in the latents ``x``, the guided model output ``m``, the previous data
-prediction and an optional noise draw ``z``, so an S-step run reduces to a small table computed up front::
-
-    m  = m_neg + g·(m_pos − m_neg)                    classifier-free guidance (Ho & Salimans 2022, eq. 6)
-    d  = p·x + q·m                                    data prediction x̂₀ (kept by multistep solvers)
-    x' = a·x + b·m + c·d + e·d_prev + n·z             then d_prev ← d
-
-========================  ==============================================================================
-sampler                   coefficients (all others zero)
-========================  ==============================================================================
-DDIM (η ≥ 0)              ``a, b`` from DDIM eq. 12, ``n = σ_t(η)`` from eq. 16 (Song et al. 2021)
-DPM-Solver++(2M)          ``p, q`` (x̂₀ of the model output), ``a = σ_t/σ_s``, ``c, e`` from Lu et al. 2022
-                          (DPM-Solver++ Alg. 2, multistep second order; first order at the ends)
-Euler                     ``a = 1, b = σ_{i+1} − σ_i`` for ε-prediction (Karras et al. 2022, Alg. 1, no churn)
-LCM multistep             ``a, b`` from the consistency function f = c_skip·x + c_out·x̂₀ re-noised to the next
-                          timestep, ``n = √(1 − ᾱ_next)`` (Luo et al. 2023, Alg. 3); ``n = 0`` and ``a·x + b·m = f``
-                          at the last step
-========================  ==============================================================================
-
-Everything is computed in float64 from the scheduler's own arrays after ``set_timesteps`` (``alphas_cumprod``,
-``final_alpha_cumprod``, ``sigmas``, ``timesteps``, LCM's boundary scalings), so the plan follows whatever spacing,
-Karras sigmas or final-sigma setting the config asks for. The update (C, numpy, torch or Triton) reads and writes
-float32 buffers and evaluates each element in float64 with these coefficients, rounding once per stored value.
+Each supported step (DDIM, DPM-Solver++(2M), Euler, LCM) is linear in the latents, the guided model output, the
+previous data prediction and an optional noise draw, so an S-step run reduces to a small table computed up front in
+float64 (:func:`make_plan`); the update (C, numpy, torch or Triton) applies it to float32 buffers.
 """
 
 from __future__ import annotations
@@ -146,6 +126,30 @@ def make_plan(scheduler: Any, num_steps: int, *, eta: float = 0.0) -> SamplingPl
 
     The caller's scheduler is not touched: a fresh one is built from its config and ``set_timesteps`` is called
     on that.
+
+    Each supported sampler step is linear in the latents ``x``, the guided model output ``m``, the previous data
+    prediction and an optional noise draw ``z``, so an S-step run reduces to a small table computed up front::
+
+        m  = m_neg + g·(m_pos − m_neg)                    classifier-free guidance (Ho & Salimans 2022, eq. 6)
+        d  = p·x + q·m                                    data prediction x̂₀ (kept by multistep solvers)
+        x' = a·x + b·m + c·d + e·d_prev + n·z             then d_prev ← d
+
+    ========================  ==============================================================================
+    sampler                   coefficients (all others zero)
+    ========================  ==============================================================================
+    DDIM (η ≥ 0)              ``a, b`` from DDIM eq. 12, ``n = σ_t(η)`` from eq. 16 (Song et al. 2021)
+    DPM-Solver++(2M)          ``p, q`` (x̂₀ of the model output), ``a = σ_t/σ_s``, ``c, e`` from Lu et al. 2022
+                              (DPM-Solver++ Alg. 2, multistep second order; first order at the ends)
+    Euler                     ``a = 1, b = σ_{i+1} − σ_i`` for ε-prediction (Karras et al. 2022, Alg. 1, no churn)
+    LCM multistep             ``a, b`` from the consistency function f = c_skip·x + c_out·x̂₀ re-noised to the
+                              next timestep, ``n = √(1 − ᾱ_next)`` (Luo et al. 2023, Alg. 3); ``n = 0`` and
+                              ``a·x + b·m = f`` at the last step
+    ========================  ==============================================================================
+
+    Everything is computed in float64 from the scheduler's own arrays after ``set_timesteps`` (``alphas_cumprod``,
+    ``final_alpha_cumprod``, ``sigmas``, ``timesteps``, LCM's boundary scalings), so the plan follows whatever spacing,
+    Karras sigmas or final-sigma setting the config asks for. The update (C, numpy, torch or Triton) reads and writes
+    float32 buffers and evaluates each element in float64 with these coefficients, rounding once per stored value.
     """
     scheduler = _fresh_scheduler(scheduler)
     sampler = _CLASSES[type(scheduler).__name__]

@@ -1,41 +1,8 @@
 """Streaming decoder for BCI / real-time fMRI: push one TR at a time, get each TR's clip.
 
-One TR goes in as a raw 3-D NIfTI volume (array or nibabel image), a CIFTI row (a one-row ``Cifti2Image`` or a
-``(V_raw,)`` vector) or, flagged with ``model_space=True``, an already model-space ``(V_model,)`` vector::
+A TR is a raw 3-D NIfTI volume, a CIFTI row or (``model_space=True``) a model-space vector::
 
-    raw frame (V_raw,) ─► OnlineCleaner (causal high-pass + running z-score) ─► transform.project ─► (V_model,)
-      ─► sliding window (W, V_model) ─► generate(windows (1, W, V_model)) ─► Clip: frames (F, H, W, 3) uint8
-
-**Windows** follow the reference rule (:func:`mindvideo.data.preprocess.window_indices`): the clip of stimulus TR
-``t`` is decoded from fMRI frames ``t+lag … t+lag+W-1``, each clamped to the last frame of the scan. Online, window
-``t`` is complete when frame ``t+lag+W-1`` arrives, so the first ``lag+W-1`` pushes return ``None``, every later
-push returns the clip of TR ``n-lag-W+1`` (``n`` = index of the frame just pushed), and :meth:`flush` (end of scan)
-emits the last ``W-1`` windows with the end clamp: ``T - lag`` clips in all, the same windows as the offline
-``transform.windows(...)``. The clip of TR ``t`` therefore comes ``W-1+lag`` TRs after frame ``t`` (the window
-needs them); the *processing* latency recorded here runs from the arrival of the frame that completes the window
-to the frames being out (generated; in threaded mode, also written by every sink).
-
-**Online cleaning vs offline**: offline (:meth:`FMRITransform.clean`) removes a 4th-order Legendre polynomial fit
-over the whole run and z-scores every voxel with the whole run's mean/std: both use the future, impossible live.
-:class:`OnlineCleaner` is causal: (1) high-pass by subtracting an exponential running mean (half-life
-``highpass_halflife`` TRs; a first-order IIR high-pass, -3 dB at ``ln 2 / (2π·halflife·TR)`` Hz, ≈ 0.0017 Hz for
-32 TRs of 2 s), (2) z-score with an exponentially weighted running mean/variance of the high-passed signal
-(half-life ``stats_halflife`` TRs; 0 = cumulative Welford over every TR so far). Both estimators start as plain
-cumulative means (weight ``max(α, 1/(n+1))``), so the first TRs are well defined; TRs before ``warmup`` are
-flagged cold (``Clip.warm`` False). On simulated runs the post-warm-up output correlates with the offline
-transform at a median r ≈ 0.9 per voxel (tests/engine/test_engine_stream.py). ``mode="fixed"`` uses given
-per-voxel mean/std (e.g. from a calibration run) and ``freeze_after`` stops updating the running estimates: both
-make the cleaning a fixed affine map ``(x - a) / b``, so the clips equal the pipeline's on the windows of
-``transform.project((run - a) / b)`` computed offline.
-
-**Threaded mode** (:meth:`start` / :meth:`submit` / :meth:`close`): the producer submits TRs at scanner cadence;
-generation runs in a worker thread. When generation falls behind (a window is still queued when the worker picks
-the next one, or it waited longer than one TR), the ``policy`` acts and is reported (a WARNING log line per
-action, counters in :meth:`stats`): ``drop-oldest`` drops the oldest queued windows beyond ``max_queue`` (default
-1: always decode the freshest); ``skip-frames`` / ``lower-steps`` halve the frames / denoising steps per clip down
-to a floor and raise them back once on time; ``block`` never drops (the producer waits; for replays). The others
-keep the queue bounded: a full queue drops its oldest window, logged as such. The last ``W - 1`` windows queued
-by :meth:`close` are always decoded.
+    raw frame (V_raw,) ─► OnlineCleaner ─► transform.project ─► sliding window (W, V_model) ─► generate ─► Clip
 """
 
 from __future__ import annotations
@@ -131,6 +98,24 @@ class StreamingDecoder:
     ``steps``: nominal settings passed to ``generate`` (``None``: its defaults). ``tr``: the scanner's repetition
     time or, under an accelerated clock, the cadence (s): a window waiting longer than this counts as behind
     schedule. ``clean_stats``: per-raw-voxel (mean, std) for ``clean.mode == "fixed"``.
+
+    **Windows** follow the reference rule (:func:`mindvideo.data.preprocess.window_indices`): the clip of stimulus TR
+    ``t`` is decoded from fMRI frames ``t+lag … t+lag+W-1``, each clamped to the last frame of the scan. Online, window
+    ``t`` is complete when frame ``t+lag+W-1`` arrives, so the first ``lag+W-1`` pushes return ``None``, every later
+    push returns the clip of TR ``n-lag-W+1`` (``n`` = index of the frame just pushed), and :meth:`flush` (end of scan)
+    emits the last ``W-1`` windows with the end clamp: ``T - lag`` clips in all, the same windows as the offline
+    ``transform.windows(...)``. The clip of TR ``t`` therefore comes ``W-1+lag`` TRs after frame ``t`` (the window
+    needs them); the *processing* latency recorded here runs from the arrival of the frame that completes the window
+    to the frames being out (generated; in threaded mode, also written by every sink).
+
+    **Threaded mode** (:meth:`start` / :meth:`submit` / :meth:`close`): the producer submits TRs at scanner cadence;
+    generation runs in a worker thread. When generation falls behind (a window is still queued when the worker picks
+    the next one, or it waited longer than one TR), the ``policy`` acts and is reported (a WARNING log line per
+    action, counters in :meth:`stats`): ``drop-oldest`` drops the oldest queued windows beyond ``max_queue`` (default
+    1: always decode the freshest); ``skip-frames`` / ``lower-steps`` halve the frames / denoising steps per clip down
+    to a floor and raise them back once on time; ``block`` never drops (the producer waits; for replays). The others
+    keep the queue bounded: a full queue drops its oldest window, logged as such. The last ``W - 1`` windows queued
+    by :meth:`close` are always decoded.
     """
 
     def __init__(

@@ -1,17 +1,7 @@
 """TensorRT backend: the export folder's engines, buffers bound by address, one device-memory arena.
 
 Written against the TensorRT 10 Python API (named I/O tensors, ``execute_async_v3``, user-managed context memory).
-**Not executed in this repository's CI or development machines** (no GPU or TensorRT there): the import guard, the
-engine checks (:func:`mindvideo.export.engine_for`) and the shape checks are tested; the CUDA path awaits a GPU run.
-
-Buffers: every I/O tensor gets one preallocated torch CUDA tensor at the profile's maximum shape, bound once with
-``set_tensor_address``; a call sets the actual input shapes and uses the buffer's dense prefix (TensorRT reads and
-writes a packed tensor of the actual shape at the bound address — a strided slice of the max-shape buffer would not
-be that). :meth:`device_unet` runs the
-UNet engine on device tensors on the current stream, which is how :class:`~mindvideo.engine.GraphedLoop` captures the
-whole loop (TensorRT enqueues + the Triton update) into one CUDA graph. The three engines run one
-after another, never concurrently, so their activation memory is one arena of the largest
-``device_memory_size_v2``, handed to each context with ``set_device_memory``.
+Not yet run on a GPU: the import guard, the engine checks and the shape checks are tested on CPU.
 """
 
 from __future__ import annotations
@@ -33,7 +23,16 @@ NETWORKS = ("fmri_encoder", "unet", "vae_decoder")
 
 
 class TensorRTBackend:
-    """``encode`` / ``denoise`` / ``decode`` on TensorRT engines built by ``mindvideo export --format trt``."""
+    """``encode`` / ``denoise`` / ``decode`` on TensorRT engines built by ``mindvideo export --format trt``.
+
+    Buffers: every I/O tensor gets one preallocated torch CUDA tensor at the profile's maximum shape, bound once with
+    ``set_tensor_address``; a call sets the actual input shapes and uses the buffer's dense prefix (TensorRT reads and
+    writes a packed tensor of the actual shape at the bound address — a strided slice of the max-shape buffer would not
+    be that). :meth:`device_unet` runs the UNet engine on device tensors on the current stream, which is how
+    :class:`~mindvideo.engine.GraphedLoop` captures the whole loop (TensorRT enqueues + the Triton update) into one
+    CUDA graph. The three engines run one after another, never concurrently, so their activation memory is one arena of
+    the largest ``device_memory_size_v2``, handed to each context with ``set_device_memory``.
+    """
 
     name = "tensorrt"
 

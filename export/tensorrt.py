@@ -1,13 +1,8 @@
 """TensorRT engines from the exported ONNX graphs (``mindvideo export --format trt``, extra ``gpu``).
 
-Written against the TensorRT 10 Python API (``Builder``, ``OnnxParser``, ``IBuilderConfig``, one
-``IOptimizationProfile`` from the :class:`ExportSpec`, ``builder_optimization_level``, a persisted
-``ITimingCache``) as TensorRT's demo/Diffusion uses it. TensorRT is imported only inside these functions; without
-it every entry point raises "TensorRT is not installed: pip install mindvideo[gpu]" before anything is written.
-
-NOT EXECUTED in this repository's CI or on its development machines (no GPU, TensorRT not installable there): the
-cache, keys, records and refusal logic around it are unit-tested with fake plans (tests/export/test_cache.py); the
-build itself must be checked on a GPU machine.
+Written against the TensorRT 10 Python API as TensorRT's demo/Diffusion uses it (one optimisation profile from the
+:class:`ExportSpec`, a persisted timing cache). TensorRT is imported only inside these functions. Not yet run on a
+GPU: the cache, keys, records and refusals around the build are tested with fake plans.
 """
 
 from __future__ import annotations

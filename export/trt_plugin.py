@@ -1,30 +1,9 @@
-"""Our Triton sparse-causal kernel as a TensorRT ahead-of-time plugin (``mindvideo::sparse_causal_attention``).
-
-Written against TensorRT's ``tensorrt.plugin`` API (TensorRT 10.9–10.x: ``aot_impl`` arrived in 10.9; TensorRT 11
-makes every network strongly typed, which this package's builder does not handle yet):
-
-* ``@trtp.register`` — the node's output is shaped like ``q``; attributes ``frame_offsets`` (ints) and ``scale``
-  (declared as a one-element float32 array: TensorRT's creator converts a ``float`` attribute with ``float()`` of a
-  length-1 array, which NumPy ≥ 2.4 refuses);
-* ``@trtp.autotune`` — fp16, bf16 or fp32, the same for all four tensors, linear layout;
-* ``@trtp.aot_impl`` — compiles the kernel to PTX for the building GPU (:func:`mindvideo.kernels.aot.
-  compile_sparse_causal_plugin`) and returns it with its launch geometry as TensorRT shape expressions; TensorRT
-  embeds the PTX in the engine, which then runs without Python or this package;
-* ``@trtp.impl`` — a just-in-time fallback for nodes without ``aot = 1``: the same attention through our torch
-  launcher on TensorRT's stream.
-
-The ONNX side (the node, its ONNX function, stripping that function before parsing) is :mod:`.plugin`;
-:func:`mindvideo.export.tensorrt.build_engine` calls :func:`register` before it parses a graph with plugin nodes.
-
-NOT EXECUTED in this repository's CI or on its development machines (no GPU; TensorRT is not installable there).
-What is tested there: the kernel under TensorRT's calling convention in Triton's interpreter, its sm_90 PTX (entry
-parameters, shared memory ≤ 48 KiB, no scratch, no spills), the grid and scalar arguments computed from plain ints
-through the same functions this module feeds TensorRT shape expressions, and the ONNX node + function under
-onnxruntime.
+"""Our Triton sparse-causal kernel as a TensorRT ahead-of-time plugin (``mindvideo::sparse_causal_attention``), for
+TensorRT 10.9–10.x; the ONNX side (the node and its ONNX function) is :mod:`.plugin`. Not yet run on a GPU.
 
 No ``from __future__ import annotations`` here, and ``typing.Tuple``/``List``/``Union`` as TensorRT's own samples
-write them: ``tensorrt.plugin`` reads the decorated functions' annotations with ``inspect.signature`` to tell
-tensors from attributes and to check the signatures against each other, so they must be real types, not strings.
+write them: ``tensorrt.plugin`` reads the decorated functions' annotations with ``inspect.signature``, so they must
+be real types, not strings.
 """
 
 import hashlib
@@ -91,7 +70,24 @@ def require_plugin_tensorrt() -> Any:
 
 def register() -> None:
     """Register the plugin with TensorRT's plugin registry (idempotent). Raises :class:`MindVideoError` without
-    TensorRT ("TensorRT is not installed") or with a TensorRT that cannot build it."""
+    TensorRT ("TensorRT is not installed") or with a TensorRT that cannot build it.
+
+    The decorated functions (``tensorrt.plugin``; ``aot_impl`` arrived in TensorRT 10.9; TensorRT 11 makes every
+    network strongly typed, which this package's builder does not handle yet):
+
+    * ``@trtp.register`` — the node's output is shaped like ``q``; attributes ``frame_offsets`` (ints) and ``scale``
+      (declared as a one-element float32 array: TensorRT's creator converts a ``float`` attribute with ``float()`` of a
+      length-1 array, which NumPy ≥ 2.4 refuses);
+    * ``@trtp.autotune`` — fp16, bf16 or fp32, the same for all four tensors, linear layout;
+    * ``@trtp.aot_impl`` — compiles the kernel to PTX for the building GPU (:func:`mindvideo.kernels.aot.
+      compile_sparse_causal_plugin`) and returns it with its launch geometry as TensorRT shape expressions; TensorRT
+      embeds the PTX in the engine, which then runs without Python or this package;
+    * ``@trtp.impl`` — a just-in-time fallback for nodes without ``aot = 1``: the same attention through our torch
+      launcher on TensorRT's stream.
+
+    The ONNX side (the node, its ONNX function, stripping that function before parsing) is :mod:`.plugin`;
+    :func:`mindvideo.export.tensorrt.build_engine` calls :func:`register` before it parses a graph with plugin nodes.
+    """
     global _registered
     trt = require_plugin_tensorrt()
     if _registered:
