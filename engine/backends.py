@@ -1,25 +1,6 @@
-"""Runtime backends: the three networks behind one interface, on host float32 buffers.
-
-Every backend exposes
-
-* ``encode(fmri (B, W, V)) -> cond`` — the fMRI encoder; ``cond`` stays in the backend's own type,
-* ``denoise(x (N, 4, F, h, w), t, cond, guidance=None) -> eps`` — the seam the sampling loop calls once per step;
-  a student UNet (``guidance_input``) needs ``guidance``, its guidance scale g (a float or (N,) values), which the
-  runtime binds in (``functools.partial(backend.denoise, guidance=g)``) so the loop always calls
-  ``denoise(x, t, cond)``; a teacher refuses it,
-* ``decode(latents (M, 4, h, w)) -> images (M, 3, H, W)`` float32 in [0, 1] — the VAE decoder per frame,
-
-with numpy float32 in and out of ``denoise`` and ``decode``, so the C sampling loop
-(:func:`~mindvideo.engine.run_loop`) drives any of them. The backends whose UNet lives on a torch device (PyTorch,
-TensorRT) also have ``device_unet(sample, timestep, cond, guidance=None)`` on device tensors of ``unet_dtype``
-(``guidance`` a (N,) float32 device tensor for a student): the device loop
-(:class:`~mindvideo.engine.GraphedLoop`, captured into one CUDA graph on a GPU) calls it instead of ``denoise``.
-The networks are the exported ones (:mod:`mindvideo.export.modules`): the PyTorch backend calls the same modules
-the ONNX graphs were traced from, so every backend computes one function.
-
-* :class:`TorchBackend` — eager PyTorch, or ``torch.compile``-d (``compile=True``).
-* :class:`OnnxRuntimeBackend` — the export folder's graphs under onnxruntime (CPU EP; CUDA EP with onnxruntime-gpu).
-* :class:`TensorRTBackend` — the export folder's TensorRT engines (``mindvideo[gpu]``), in :mod:`.tensorrt_backend`.
+"""Runtime backends: the three networks behind one interface (``encode`` / ``denoise`` / ``decode``, see
+:func:`make_backend`), on host float32 buffers: :class:`TorchBackend`, :class:`OnnxRuntimeBackend` and the TensorRT
+backend (:mod:`.tensorrt_backend`).
 """
 
 from __future__ import annotations
@@ -195,7 +176,25 @@ def make_backend(
     dtype: str = "fp32",
     threads: int | None = None,
 ):
-    """The backend called ``name`` (see :data:`BACKENDS`); ``threads`` caps onnxruntime's intra-op threads."""
+    """The backend called ``name`` (see :data:`BACKENDS`); ``threads`` caps onnxruntime's intra-op threads.
+
+    Every backend exposes
+
+    * ``encode(fmri (B, W, V)) -> cond`` — the fMRI encoder; ``cond`` stays in the backend's own type,
+    * ``denoise(x (N, 4, F, h, w), t, cond, guidance=None) -> eps`` — the seam the sampling loop calls once per step;
+      a student UNet (``guidance_input``) needs ``guidance``, its guidance scale g (a float or (N,) values), which the
+      runtime binds in (``functools.partial(backend.denoise, guidance=g)``) so the loop always calls
+      ``denoise(x, t, cond)``; a teacher refuses it,
+    * ``decode(latents (M, 4, h, w)) -> images (M, 3, H, W)`` float32 in [0, 1] — the VAE decoder per frame,
+
+    with numpy float32 in and out of ``denoise`` and ``decode``, so the C sampling loop
+    (:func:`~mindvideo.engine.run_loop`) drives any of them. The backends whose UNet lives on a torch device (PyTorch,
+    TensorRT) also have ``device_unet(sample, timestep, cond, guidance=None)`` on device tensors of ``unet_dtype``
+    (``guidance`` a (N,) float32 device tensor for a student): the device loop (:class:`~mindvideo.engine.GraphedLoop`,
+    captured into one CUDA graph on a GPU) calls it instead of ``denoise``. The networks are the exported ones
+    (:mod:`mindvideo.export.modules`): the PyTorch backend calls the same modules the ONNX graphs were traced from, so
+    every backend computes one function.
+    """
     if name in ("torch", "torch-compile"):
         if checkpoint is None:
             raise MindVideoError(f"expected --checkpoint for the {name} backend", "none", "pass the checkpoint folder")

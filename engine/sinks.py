@@ -1,26 +1,7 @@
 """Where the clips of ``mindvideo stream`` go: a video file, a TCP consumer on 127.0.0.1, stdout, a live window.
 
 Every sink has ``write(clip)`` (called in the decoder's worker thread, in TR order), ``close(summary)`` (end of
-the scan) and ``abort()`` (error: no partial output).
-
-**File** (``file:OUT.mp4`` / ``file:OUT.gif``): one video at ``fps`` (default frames per clip / TR) written to a
-temporary sibling and renamed into place by ``close``. ``.mp4`` is encoded clip by clip as clips arrive (H.264,
-constant memory for any scan length); ``.gif`` keeps every frame in memory until ``close`` (short scans only).
-The timeline stays aligned with the TRs: a clip with fewer frames (policy ``skip-frames``) is stretched to the
-nominal count by repeating frames, and a dropped TR shows the previous frame held for one TR.
-
-**TCP** (``tcp:PORT`` or ``tcp:127.0.0.1:PORT``; the stream listens, one consumer connects — the first write
-waits up to ``connect_timeout_s`` for it) and **stdout** (``stdout``) share one framing, per clip::
-
-    uint32 big-endian N  |  N bytes of UTF-8 JSON header  |  F·H·W·3 bytes of RGB uint8 frames, C order (F, H, W, 3)
-
-with header ``{"tr", "frames", "height", "width", "channels": 3, "dtype": "uint8", "latency_s", "warm",
-"degraded", "settings"}``; the end of the scan is a header-only message ``{"end": true, "summary": {...}}``.
-:func:`read_clips` parses it.
-
-**Window** (``window``): a tkinter preview at ``fps`` in its own thread, only when a display exists (``DISPLAY`` /
-``WAYLAND_DISPLAY`` on Linux); without one it is skipped with a warning. It never slows the decoder: when the
-preview lags, older frames are skipped.
+the scan) and ``abort()`` (error: no partial output). TCP and stdout share one framing (:func:`read_clips`).
 """
 
 from __future__ import annotations
@@ -115,7 +96,14 @@ def fit_frames(frames: np.ndarray, count: int) -> np.ndarray:
 
 
 class FileSink:
-    """One ``.mp4`` (streamed) or ``.gif`` (kept in memory) for the whole scan; see the module docstring."""
+    """One ``.mp4`` (streamed) or ``.gif`` (kept in memory) for the whole scan.
+
+    **File** (``file:OUT.mp4`` / ``file:OUT.gif``): one video at ``fps`` (default frames per clip / TR) written to a
+    temporary sibling and renamed into place by ``close``. ``.mp4`` is encoded clip by clip as clips arrive (H.264,
+    constant memory for any scan length); ``.gif`` keeps every frame in memory until ``close`` (short scans only). The
+    timeline stays aligned with the TRs: a clip with fewer frames (policy ``skip-frames``) is stretched to the nominal
+    count by repeating frames, and a dropped TR shows the previous frame held for one TR.
+    """
 
     def __init__(self, path: Path, fps: float, frames_per_tr: int | None = None):
         self.path, self.fps, self.frames_per_tr = Path(path), fps, frames_per_tr
@@ -195,7 +183,7 @@ class FileSink:
 
 
 def encode_clip(clip: Clip) -> bytes:
-    """One clip in the TCP/stdout framing (module docstring)."""
+    """One clip in the TCP/stdout framing (:func:`read_clips`)."""
     f, h, w, c = clip.frames.shape
     header = {
         "tr": clip.tr,
@@ -219,7 +207,16 @@ def encode_end(summary: dict[str, Any]) -> bytes:
 
 
 def read_clips(stream: BinaryIO) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
-    """Parse the TCP/stdout framing: ``(header, frames (F, H, W, 3) uint8)`` per clip, then ``(end header, None)``."""
+    """Parse the TCP/stdout framing: ``(header, frames (F, H, W, 3) uint8)`` per clip, then ``(end header, None)``.
+
+    **TCP** (``tcp:PORT`` or ``tcp:127.0.0.1:PORT``; the stream listens, one consumer connects — the first write waits
+    up to ``connect_timeout_s`` for it) and **stdout** (``stdout``) share one framing, per clip::
+
+        uint32 big-endian N  |  N bytes of UTF-8 JSON header  |  F·H·W·3 bytes: RGB uint8 (F, H, W, 3), C order
+
+    with header ``{"tr", "frames", "height", "width", "channels": 3, "dtype": "uint8", "latency_s", "warm", "degraded",
+    "settings"}``; the end of the scan is a header-only message ``{"end": true, "summary": {...}}``.
+    """
 
     def exact(n: int) -> bytes:
         data = b""
@@ -328,7 +325,12 @@ def ppm_bytes(frame: np.ndarray) -> bytes:
 
 
 class WindowSink:
-    """A live preview in a tkinter window owned by its own thread (module docstring)."""
+    """A live preview in a tkinter window owned by its own thread.
+
+    **Window** (``window``): a tkinter preview at ``fps`` in its own thread, only when a display exists (``DISPLAY`` /
+    ``WAYLAND_DISPLAY`` on Linux); without one it is skipped with a warning. It never slows the decoder: when the
+    preview lags, older frames are skipped.
+    """
 
     def __init__(self, fps: float, zoom_to: int = 256):
         self.fps, self.zoom_to = fps, zoom_to

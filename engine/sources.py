@@ -2,23 +2,7 @@
 
 Every source is an iterable of :class:`Arrival` (one TR each, in scan order) with a ``close()``; the payload is
 what :func:`mindvideo.engine.stream_input.raw_frame` accepts (a 3-D volume, a one-row CIFTI image, a vector).
-
-**Folder** (``folder:DIR``): per-TR files as real-time scanner exports write them — 3-D NIfTI (``.nii``,
-``.nii.gz``), one-row CIFTI (``.dtseries.nii``), ``.npy`` vectors/volumes, DICOM (``.dcm``/``.ima``, read with
-pydicom only if it is installed). Files are taken in natural name order (``vol_2`` before ``vol_10``); a file
-is taken once it parses completely (an uncompressed NIfTI must hold the bytes its header promises, a gzip stream
-must end, an ``.npy`` must hold its shape), so partially written files are waited for; one that still does not
-parse after its size has stayed constant for ``corrupt_after_s`` is an error. Hidden and ``.tmp``/``.part`` files
-are ignored. The scan ends after ``max_trs`` TRs or ``idle_timeout_s`` without a new file.
-
-**TCP** (``tcp:127.0.0.1:PORT``; the stream listens, one sender connects) and **stdin** (``stdin``) share one
-framing, repeated per TR::
-
-    uint32 big-endian N  |  N bytes of payload
-
-The payload is either ``.npy`` bytes (``numpy.save`` output; detected by its ``\\x93NUMPY`` magic: a vector or a
-3-D volume) or raw little-endian float32 values (a vector, ``N/4`` of them). ``N = 0`` or the end of the
-connection/stream ends the scan. :func:`encode_frame` writes this framing. Only 127.0.0.1 is ever bound.
+TCP and stdin share one framing (:class:`StreamSource`).
 """
 
 from __future__ import annotations
@@ -254,8 +238,16 @@ class _Pending:
 
 
 class FolderSource:
-    """Per-TR files appearing in ``folder`` (module docstring). A file named before one already taken is skipped
-    with a warning (it would break the window order). Memory: the set of names already taken."""
+    """Per-TR files appearing in ``folder``. A file named before one already taken is skipped with a warning (it
+    would break the window order). Memory: the set of names already taken.
+
+    **Folder** (``folder:DIR``): per-TR files as real-time scanner exports write them — 3-D NIfTI (``.nii``,
+    ``.nii.gz``), one-row CIFTI (``.dtseries.nii``), ``.npy`` vectors/volumes, DICOM (``.dcm``/``.ima``, read with
+    pydicom only if it is installed). Files are taken in natural name order (``vol_2`` before ``vol_10``); a file is
+    taken once it parses completely (an uncompressed NIfTI must hold the bytes its header promises, a gzip stream must
+    end, an ``.npy`` must hold its shape), so partially written files are waited for; one that still does not parse
+    after its size has stayed constant for ``corrupt_after_s`` is an error. Hidden and ``.tmp``/``.part`` files are
+    ignored. The scan ends after ``max_trs`` TRs or ``idle_timeout_s`` without a new file."""
 
     def __init__(self, folder: Path, max_trs: int | None, idle_timeout_s: float, poll_s: float, corrupt_s: float):
         self.folder, self.max_trs, self.idle_timeout_s = Path(folder), max_trs, idle_timeout_s
@@ -365,7 +357,17 @@ def decode_payload(payload: bytes, where: str) -> np.ndarray:
 
 
 class StreamSource:
-    """Framed TRs read from a binary stream (stdin, or an accepted socket's file)."""
+    """Framed TRs read from a binary stream (stdin, or an accepted socket's file).
+
+    **TCP** (``tcp:127.0.0.1:PORT``; the stream listens, one sender connects) and **stdin** (``stdin``) share one
+    framing, repeated per TR::
+
+        uint32 big-endian N  |  N bytes of payload
+
+    The payload is either ``.npy`` bytes (``numpy.save`` output; detected by its ``\\x93NUMPY`` magic: a vector or a
+    3-D volume) or raw little-endian float32 values (a vector, ``N/4`` of them). ``N = 0`` or the end of the
+    connection/stream ends the scan. :func:`encode_frame` writes this framing. Only 127.0.0.1 is ever bound.
+    """
 
     def __init__(self, stream: BinaryIO, max_trs: int | None, label: str):
         self.stream, self.max_trs, self.label = stream, max_trs, label

@@ -1,28 +1,6 @@
-"""``manifest.json``: what an export folder holds, how it was made, and the hashes that prove it is intact.
-
-An export folder::
-
-    OUT/manifest.json             this file (written last: it is the commit point)
-    OUT/scheduler_config.json     the checkpoint's diffusers scheduler config, for the runtime
-    OUT/onnx/<network>.onnx       one graph per network (+ <network>.onnx.data for graphs over 2 GB)
-    OUT/engines/                  the TensorRT engine cache (see :mod:`mindvideo.export.cache`)
-
-The manifest (``format`` ``"mindvideo-export"``, ``version`` 1)::
-
-    {"format", "version", "created", "tools": {torch, onnx, onnxruntime, polygraphy, python, mindvideo},
-     "checkpoint": {"path", "sha256"},
-     "settings": {"opset", "exporter", "precision", "vae_precision", "height", "width"},
-     "networks": {NAME: {
-         "spec": ExportSpec.to_dict(),
-         "config_sha256", "weights_sha256",       # the component's config.json (canonical JSON) / weight file
-         "cache_key",                             # sha256 of everything the graph depends on
-         "files": [{"path", "sha256", "bytes"}],  # the .onnx first, then external data
-         "opset", "precision", "exporter", "cleanup", "rewrites", "nodes", "export_seconds",
-         "verification": {"tolerance", "metric", "reference",
-                          "checks": [{"dims", "outputs": {OUTPUT: {"max_abs", "max_rel"}}}]}}},
-     "engines": {NAME: {"plan", "precision", "target"}}}   # filled by --format trt
-
-Every check on load raises :class:`~mindvideo.errors.MindVideoError` with a message that says to re-export.
+"""``manifest.json``: what an export folder holds, how it was made, and the hashes that prove it is intact
+(:func:`read_manifest` describes it). Every check on load raises :class:`~mindvideo.errors.MindVideoError` with a
+message that says to re-export.
 """
 
 from __future__ import annotations
@@ -144,7 +122,30 @@ def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
-    """The parsed manifest of an export folder (format and version checked; files not checked)."""
+    """The parsed manifest of an export folder (format and version checked; files not checked).
+
+    An export folder::
+
+        OUT/manifest.json             this file (written last: it is the commit point)
+        OUT/scheduler_config.json     the checkpoint's diffusers scheduler config, for the runtime
+        OUT/onnx/<network>.onnx       one graph per network (+ <network>.onnx.data for graphs over 2 GB)
+        OUT/engines/                  the TensorRT engine cache (see :mod:`mindvideo.export.cache`)
+
+    The manifest (``format`` ``"mindvideo-export"``, ``version`` 1)::
+
+        {"format", "version", "created", "tools": {torch, onnx, onnxruntime, polygraphy, python, mindvideo},
+         "checkpoint": {"path", "sha256"},
+         "settings": {"opset", "exporter", "precision", "vae_precision", "height", "width"},
+         "networks": {NAME: {
+             "spec": ExportSpec.to_dict(),
+             "config_sha256", "weights_sha256",       # the component's config.json (canonical JSON) / weight file
+             "cache_key",                             # sha256 of everything the graph depends on
+             "files": [{"path", "sha256", "bytes"}],  # the .onnx first, then external data
+             "opset", "precision", "exporter", "cleanup", "rewrites", "nodes", "export_seconds",
+             "verification": {"tolerance", "metric", "reference",
+                              "checks": [{"dims", "outputs": {OUTPUT: {"max_abs", "max_rel"}}}]}}},
+         "engines": {NAME: {"plan", "precision", "target"}}}   # filled by --format trt
+    """
     path = Path(export_dir) / MANIFEST
     if not path.is_file():
         raise MindVideoError(

@@ -1,34 +1,6 @@
-"""``ExportSpec``: what one exported network looks like from the outside.
-
-One spec per network (``fmri_encoder``, ``unet``, ``vae_decoder``) names its inputs and outputs, their dtypes and
-shapes, which axes are dynamic and the min/opt/max range of each dynamic axis. It is the single source for
-
-* the ONNX export (``input_names``, ``output_names``, ``dynamic_axes``, the trace inputs),
-* the TensorRT optimisation profile (:meth:`ExportSpec.profile`),
-* the runtime's buffer allocation (:meth:`ExportSpec.shapes`, :meth:`ExportSpec.max_shapes`),
-* the verification inputs (:meth:`ExportSpec.sample_inputs`),
-
-and it round-trips through ``manifest.json`` (:meth:`ExportSpec.to_dict` / :meth:`ExportSpec.from_dict`), so the
-runtime rebuilds it without importing a model.
-
-Shapes are tuples whose entries are ints (static) or axis names (dynamic). The networks::
-
-    fmri_encoder  fmri (batch, W, V)                                  → cond (batch, L, D)
-    unet          sample (batch, 4, frames, h, w), timestep (batch,),
-                  encoder_hidden_states (batch, L, D)
-                  [, guidance (batch,) — a distilled student only]     → noise_pred (batch, 4, frames, h, w)
-    vae_decoder   latent (frames, 4, h, w)                             → images (frames, 3, H, W) in [0, 1]
-    tiny_decoder  the same as vae_decoder (only when the checkpoint has a tiny_decoder/)
-
-The decoder works per frame: its ``frames`` axis counts frame latents (B·F of a batch of clips). The VAE is an image
-model, so a per-frame graph is exactly the model, lets the runtime decode a clip in chunks as frames become ready
-(streaming, bounded activation memory: one SD-1.5 decoder frame at 256² is 620 GFLOP and ~100 MB of activations),
-and needs one dynamic axis instead of two. The runtime turns ``(B, 4, F, h, w)`` into ``(B·F, 4, h, w)`` with one
-transpose.
-
-A student UNet (``guidance_embedding`` in its config) takes the guidance scale g as a fourth input, ``guidance``
-(batch,) float32 like ``timestep``, and runs one row per clip (no [negative; positive] doubling). A teacher's spec
-has no such input and is unchanged.
+"""``ExportSpec``: what one exported network looks like from the outside — the single source of the ONNX export's
+names and dynamic axes, the TensorRT profile, the runtime's buffers and the verification inputs. It round-trips
+through ``manifest.json``, so the runtime rebuilds it without importing a model.
 """
 
 from __future__ import annotations
@@ -107,7 +79,28 @@ class TensorSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ExportSpec:
-    """Inputs, outputs and dynamic axes of one exported network (see the module docstring for the three)."""
+    """Inputs, outputs and dynamic axes of one exported network; it round-trips through ``manifest.json``
+    (:meth:`to_dict` / :meth:`from_dict`).
+
+    Shapes are tuples whose entries are ints (static) or axis names (dynamic). The networks::
+
+        fmri_encoder  fmri (batch, W, V)                                  → cond (batch, L, D)
+        unet          sample (batch, 4, frames, h, w), timestep (batch,),
+                      encoder_hidden_states (batch, L, D)
+                      [, guidance (batch,) — a distilled student only]     → noise_pred (batch, 4, frames, h, w)
+        vae_decoder   latent (frames, 4, h, w)                             → images (frames, 3, H, W) in [0, 1]
+        tiny_decoder  the same as vae_decoder (only when the checkpoint has a tiny_decoder/)
+
+    The decoder works per frame: its ``frames`` axis counts frame latents (B·F of a batch of clips). The VAE is an
+    image model, so a per-frame graph is exactly the model, lets the runtime decode a clip in chunks as frames become
+    ready (streaming, bounded activation memory: one SD-1.5 decoder frame at 256² is 620 GFLOP and ~100 MB of
+    activations), and needs one dynamic axis instead of two. The runtime turns ``(B, 4, F, h, w)`` into ``(B·F, 4, h,
+    w)`` with one transpose.
+
+    A student UNet (``guidance_embedding`` in its config) takes the guidance scale g as a fourth input, ``guidance``
+    (batch,) float32 like ``timestep``, and runs one row per clip (no [negative; positive] doubling). A teacher's spec
+    has no such input and is unchanged.
+    """
 
     name: str
     inputs: tuple[TensorSpec, ...]

@@ -1,25 +1,7 @@
 """Dataset layouts on disk → a list of :class:`Segment` (one stimulus, its repeated fMRI runs, its video).
 
-Four layouts are read:
-
-``wen``      Wen et al. 2018 raw files::
-
-                 ROOT/stimuli/seg1.mp4 … segN.mp4 (train), test1.mp4 … (test), stimuli/captions/<name>.txt (optional)
-                 ROOT/subject1/fmri/<name>/cifti/<name>_<repeat>_Atlas.dtseries.nii
-                 ROOT/subject1/fmri/<name>/nifti/<name>_<repeat>.nii.gz     (our NIfTI variant; needs a mask)
-
-``arrays``   the reference's preprocessed arrays: ``fmri_{train,test}_<subject>.npy`` (S, T, V),
-             ``video_{train,test}_*.npy`` (S, T, F, H, W, 3) uint8, optional ``text_{train,test}_*.npy`` (S, T[, F]).
-
-``custom``   "my own data": ``ROOT/events.tsv`` with columns ``run`` (fMRI file), ``onset`` (s from the run's first
-             volume), ``stimulus`` (video file), optional ``duration`` (s; default the video's length), ``split``
-             (train/test; default train) and ``captions`` (text file, one caption per TR). Paths are relative to
-             ROOT. Rows showing the same stimulus are repeats of one segment.
-
-``hcp``      pre-training runs without stimuli: every file under ROOT matching a glob pattern.
-
-Optional ``ROOT/dataset.json`` supplies loading defaults (``tr``, ``mask``, ``atlas``, ``labels``,
-``cifti_select``; ``{subject}`` in a path is replaced by the subject folder name).
+Four layouts are read: ``wen`` (Wen et al. 2018 raw files), ``arrays`` (the reference's preprocessed arrays),
+``custom`` (``events.tsv``) and ``hcp`` (pre-training runs without stimuli); see :func:`layout_segments`.
 """
 
 from __future__ import annotations
@@ -104,7 +86,11 @@ def subject_folder(subject: str | int) -> str:
 
 
 def read_dataset_json(root: Path, subject: str | int = "1") -> dict[str, Any]:
-    """Loading defaults from ``ROOT/dataset.json`` (absent: {}); relative paths resolved against ROOT."""
+    """Loading defaults from ``ROOT/dataset.json`` (absent: {}); relative paths resolved against ROOT.
+
+    Keys: ``tr``, ``mask``, ``atlas``, ``labels``, ``cifti_select``; ``{subject}`` in a path is replaced by the
+    subject folder name.
+    """
     path = root / "dataset.json"
     if not path.is_file():
         return {}
@@ -341,7 +327,27 @@ def hcp_runs(root: str | Path, pattern: str = "**/*.dtseries.nii") -> list[Path]
 def layout_segments(
     layout: str, src: Path, *, subject: str, fmri_format: str, events: str, tr: float
 ) -> list[Segment]:
-    """Dispatch on the layout name (``hcp`` has no segments; see :func:`hcp_runs`)."""
+    """Dispatch on the layout name (``hcp`` has no segments; see :func:`hcp_runs`).
+
+    Four layouts are read:
+
+    ``wen``      Wen et al. 2018 raw files::
+
+                     ROOT/stimuli/seg1.mp4 … segN.mp4 (train), test1.mp4 … (test), [stimuli/captions/<name>.txt]
+                     ROOT/subject1/fmri/<name>/cifti/<name>_<repeat>_Atlas.dtseries.nii
+                     ROOT/subject1/fmri/<name>/nifti/<name>_<repeat>.nii.gz     (our NIfTI variant; needs a mask)
+
+    ``arrays``   the reference's preprocessed arrays: ``fmri_{train,test}_<subject>.npy`` (S, T, V),
+                 ``video_{train,test}_*.npy`` (S, T, F, H, W, 3) uint8, optional ``text_{train,test}_*.npy``
+                 (S, T[, F]).
+
+    ``custom``   "my own data": ``ROOT/events.tsv`` with columns ``run`` (fMRI file), ``onset`` (s from the run's first
+                 volume), ``stimulus`` (video file), optional ``duration`` (s; default the video's length), ``split``
+                 (train/test; default train) and ``captions`` (text file, one caption per TR). Paths are relative to
+                 ROOT. Rows showing the same stimulus are repeats of one segment.
+
+    ``hcp``      pre-training runs without stimuli: every file under ROOT matching a glob pattern.
+    """
     if layout == "wen":
         return wen_segments(src, subject, fmri_format, tr)
     if layout == "arrays":

@@ -1,28 +1,5 @@
-"""A simulated fMRI-video dataset with known ground truth, written in the Wen 2018 raw layout.
-
-The generative model, stage by stage:
-
-1. **Stimulus**: a sequence of procedural clips (:mod:`mindvideo.data.stimuli`, ≥ 10 semantic classes with object
-   motion and camera moves), ``clip_trs`` TRs each, classes drawn as shuffled rounds so they stay balanced.
-2. **Brain**: a small 3-D voxel grid holding an ellipsoidal brain; its cortical ribbon's posterior part is the
-   visual-cortex mask, split front-to-back into V1, V2, V3 and a category area (atlas labels 1–4, other brain 5).
-   Half of the visual voxels respond (``responsive_fraction``); the rest carry noise only.
-3. **Neural drive** at the frame rate: retinotopic voxels have a Gaussian population receptive field (pRF; centre
-   from the voxel's position: polar angle from its angle about the occipital pole, eccentricity from the distance
-   to it, size growing with eccentricity and area) and weights on three feature maps (luminance, local contrast,
-   motion energy); category voxels respond to a preferred subset of the classes (plus a little contrast).
-4. **BOLD**: drive convolved with the canonical double-gamma HRF (SPM: gamma(6) − gamma(16)/6, peak ≈ 5 s), sampled
-   at the middle of each TR (TR = 2 s), scaled to unit variance per voxel.
-5. **Scanner**: each run adds AR(1) noise (unit variance), slow polynomial drift, a low-frequency oscillation and
-   aliased physiological (cardiac/respiratory) sinusoids; responsive voxels get ``snr`` × gain × BOLD; the result is
-   a percent signal change around a voxel baseline (~1000). Every segment is scanned ``*_repeats`` times, each with
-   ``extra_trs`` volumes after the movie ends (Wen runs: 245 volumes for 240 TRs of movie).
-
-Written layout (``SIM/``): ``stimuli/*.mp4`` + ``stimuli/captions/*.txt``; ``subjectN/fmri/<seg>/cifti/*.dtseries.nii``
-(visual voxels as ``CORTEX_LEFT/RIGHT`` first, other brain voxels after, like Wen's 59,412 cortical grayordinates
-first) and/or ``…/nifti/*.nii.gz`` with ``subjectN/anat/{visual_mask,atlas}.nii.gz``; ``subjectN/events.tsv`` (the
-same NIfTI runs in the custom layout); ``arrays/`` (the reference's preprocessed arrays); ``truth/`` (responsive
-voxels, pRFs, tuning, the class of every TR); ``dataset.json``. Deterministic given the seed.
+"""A simulated fMRI-video dataset with known ground truth, written in the Wen 2018 raw layout (:func:`simulate`
+describes the generative model and the files). Deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -311,7 +288,33 @@ def simulate(
     """Generate and write the dataset to ``out`` (atomically); returns the contents of ``dataset.json``.
 
     ``out`` must be new or empty, or (with ``overwrite``) an earlier ``mindvideo data simulate`` output
-    (:func:`mindvideo.fsutil.check_output_folder`)."""
+    (:func:`mindvideo.fsutil.check_output_folder`).
+
+    The generative model, stage by stage:
+
+    1. **Stimulus**: a sequence of procedural clips (:mod:`mindvideo.data.stimuli`, ≥ 10 semantic classes with object
+       motion and camera moves), ``clip_trs`` TRs each, classes drawn as shuffled rounds so they stay balanced.
+    2. **Brain**: a small 3-D voxel grid holding an ellipsoidal brain; its cortical ribbon's posterior part is the
+       visual-cortex mask, split front-to-back into V1, V2, V3 and a category area (atlas labels 1–4, other brain 5).
+       Half of the visual voxels respond (``responsive_fraction``); the rest carry noise only.
+    3. **Neural drive** at the frame rate: retinotopic voxels have a Gaussian population receptive field (pRF; centre
+       from the voxel's position: polar angle from its angle about the occipital pole, eccentricity from the distance
+       to it, size growing with eccentricity and area) and weights on three feature maps (luminance, local contrast,
+       motion energy); category voxels respond to a preferred subset of the classes (plus a little contrast).
+    4. **BOLD**: drive convolved with the canonical double-gamma HRF (SPM: gamma(6) − gamma(16)/6, peak ≈ 5 s), sampled
+       at the middle of each TR (TR = 2 s), scaled to unit variance per voxel.
+    5. **Scanner**: each run adds AR(1) noise (unit variance), slow polynomial drift, a low-frequency oscillation and
+       aliased physiological (cardiac/respiratory) sinusoids; responsive voxels get ``snr`` × gain × BOLD; the result
+       is a percent signal change around a voxel baseline (~1000). Every segment is scanned ``*_repeats`` times, each
+       with ``extra_trs`` volumes after the movie ends (Wen runs: 245 volumes for 240 TRs of movie).
+
+    Written layout (``SIM/``): ``stimuli/*.mp4`` + ``stimuli/captions/*.txt``;
+    ``subjectN/fmri/<seg>/cifti/*.dtseries.nii`` (visual voxels as ``CORTEX_LEFT/RIGHT`` first, other brain voxels
+    after, like Wen's 59,412 cortical grayordinates first) and/or ``…/nifti/*.nii.gz`` with
+    ``subjectN/anat/{visual_mask,atlas}.nii.gz``; ``subjectN/events.tsv`` (the same NIfTI runs in the custom layout);
+    ``arrays/`` (the reference's preprocessed arrays); ``truth/`` (responsive voxels, pRFs, tuning, the class of every
+    TR); ``dataset.json``.
+    """
     config = config or SimConfig()
     config.validate()
     check_output_folder(out, COMMAND, overwrite=overwrite)

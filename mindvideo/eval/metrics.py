@@ -1,23 +1,7 @@
-"""Pixel metrics over videos: SSIM in the two conventions the literature uses, and PSNR.
+"""Pixel metrics over videos: SSIM in the two conventions the literature uses (:class:`SSIMConvention`), and PSNR.
 
-Every function takes ``pred`` and ``gt`` as ``(N, F, H, W, 3)`` uint8 arrays (N clips of F frames, RGB, 0–255) and
-returns one score per frame, ``(N, F)`` float64. :func:`summarise` turns such a score array into the numbers a paper
-reports: the mean and std per frame position (the reference evaluates each frame position over all test clips) and
-overall.
-
-The two SSIM conventions give different numbers for the same frames, so every SSIM we report names its convention:
-
-* ``colour`` — the MinD-Video reference (``eval_metrics.ssim_metric``): scikit-image ``structural_similarity`` on the
-  RGB frame with ``data_range=255, channel_axis=-1`` and the defaults, i.e. a 7×7 uniform window and the sample
-  covariance (N/(N−1)); the mean of the three channel SSIMs.
-* ``grey`` — the convention of later brain-decoding papers (MindEye's evaluation code and its descendants):
-  ``rgb2gray`` (Y = 0.2125 R + 0.7154 G + 0.0721 B on [0, 1]), then ``structural_similarity`` with
-  ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0`` (Wang et al. 2004: an 11-tap
-  Gaussian window, population covariance).
-
-Both are computed here in float64 with torch, batched over frames, and equal scikit-image's to ~1e-15 (tests check
-1e-6); SSIM is averaged over the window positions that lie fully inside the frame, which is exactly scikit-image's
-crop of the filter radius. Cost on one CPU core per 256² frame: ~15 ms colour, ~7 ms grey (scikit-image: ~11 / ~6).
+Every function takes ``pred`` and ``gt`` as ``(N, F, H, W, 3)`` uint8 arrays and returns one score per frame,
+``(N, F)`` float64; :func:`summarise` turns that into the numbers a paper reports.
 """
 
 from __future__ import annotations
@@ -42,7 +26,22 @@ LUMA = (0.2125, 0.7154, 0.0721)  # scikit-image rgb2gray (ITU-R BT.709 primaries
 
 @dataclass(frozen=True)
 class SSIMConvention:
-    """One way of computing SSIM; ``label`` is what reports print next to the number."""
+    """One way of computing SSIM; ``label`` is what reports print next to the number.
+
+    The two SSIM conventions give different numbers for the same frames, so every SSIM we report names its convention:
+
+    * ``colour`` — the MinD-Video reference (``eval_metrics.ssim_metric``): scikit-image ``structural_similarity`` on
+      the RGB frame with ``data_range=255, channel_axis=-1`` and the defaults, i.e. a 7×7 uniform window and the
+      sample covariance (N/(N−1)); the mean of the three channel SSIMs.
+    * ``grey`` — the convention of later brain-decoding papers (MindEye's evaluation code and its descendants):
+      ``rgb2gray`` (Y = 0.2125 R + 0.7154 G + 0.0721 B on [0, 1]), then ``structural_similarity`` with
+      ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0`` (Wang et al. 2004: an 11-tap
+      Gaussian window, population covariance).
+
+    Both are computed here in float64 with torch, batched over frames, and equal scikit-image's to ~1e-15 (tests check
+    1e-6); SSIM is averaged over the window positions that lie fully inside the frame, which is exactly scikit-image's
+    crop of the filter radius. Cost on one CPU core per 256² frame: ~15 ms colour, ~7 ms grey (scikit-image: ~11 / ~6).
+    """
 
     name: str
     label: str

@@ -1,27 +1,8 @@
 """n-way top-k semantic classification accuracy, the MinD-Video evaluation protocol (paper §4; reference code
-``utils/eval_metrics.py``: ``n_way_top_k_acc``, ``img_classify_metric``, ``video_classify_metric``).
-
-For one sample (a frame, or a whole clip at video level) a classifier scores the ground truth and the
-reconstruction. The *true* classes are the classifier's top-3 on the ground truth. Each of 100 trials draws n−1
-other classes (without replacement, never a true class); the trial succeeds if, for some true class t, the
-reconstruction's probability of t is among the top k of {t} ∪ the n−1 drawn classes. The sample's accuracy is the
-success rate and its std the binomial one, ``sqrt(p(1−p)/trials)``. Reported numbers are means over test samples of
-both; frame level is computed per frame position and then averaged over positions.
-
-Details that decide the last digit, matched to the reference:
-
-* draws use numpy's legacy ``RandomState.choice(candidates, n−1, replace=False)`` with the candidates in ascending
-  class order, so with the same seed our draws equal the reference's after ``np.random.seed(seed)``;
-* ties count against the reconstruction (the reference's stable ascending argsort puts the true class below equal
-  values): a trial succeeds iff fewer than k drawn classes have probability ≥ the best true class's.
-
-Chance level is **not** 1/n under this protocol: with three true classes, random predictions succeed with
-probability 3/(n+2) at k = 1 (0.75 for 2-way, 0.058 for 50-way); see :func:`chance_level`. With known labels (one
-true class per sample) chance is 1/n.
+``utils/eval_metrics.py``), at frame and video level (:func:`n_way_top_k` describes the protocol).
 
 A classifier is any callable: frames ``(M, H, W, 3)`` uint8 → ``(M, C)`` class probabilities (or, at video level,
-clips ``(N, F, H, W, 3)`` → ``(N, C)``); see :mod:`mindvideo.eval.classifiers` for ViT, VideoMAE and a small
-pixel classifier for simulated data.
+clips ``(N, F, H, W, 3)`` → ``(N, C)``); see :mod:`mindvideo.eval.classifiers`.
 """
 
 from __future__ import annotations
@@ -50,6 +31,10 @@ def chance_level(n_way: int, n_true: int = TRUE_TOP, top_k: int = 1) -> float:
 
     The n−1 drawn and ``n_true`` true probabilities are exchangeable; a trial succeeds iff fewer than ``top_k`` drawn
     ones exceed the largest true one. P(exactly j drawn above it) = C(n+t−2−j, t−1) / C(n−1+t, t).
+
+    A classifier is any callable: frames ``(M, H, W, 3)`` uint8 → ``(M, C)`` class probabilities (or, at video level,
+    clips ``(N, F, H, W, 3)`` → ``(N, C)``); see :mod:`mindvideo.eval.classifiers` for ViT, VideoMAE and a small pixel
+    classifier for simulated data.
     """
     total = math.comb(n_way - 1 + n_true, n_true)
     return sum(math.comb(n_way + n_true - 2 - j, n_true - 1) for j in range(top_k)) / total
@@ -81,7 +66,26 @@ def n_way_top_k(
 ) -> tuple[float, float]:
     """Accuracy and binomial std of one sample: ``probs`` ``(C,)`` are the reconstruction's class probabilities,
     ``true`` the correct classes. ``rng`` is advanced by ``num_trials`` draws (pass one ``RandomState`` through a
-    loop over samples to reproduce the reference's sequence)."""
+    loop over samples to reproduce the reference's sequence).
+
+    For one sample (a frame, or a whole clip at video level) a classifier scores the ground truth and the
+    reconstruction. The *true* classes are the classifier's top-3 on the ground truth. Each of 100 trials draws n−1
+    other classes (without replacement, never a true class); the trial succeeds if, for some true class t, the
+    reconstruction's probability of t is among the top k of {t} ∪ the n−1 drawn classes. The sample's accuracy is the
+    success rate and its std the binomial one, ``sqrt(p(1−p)/trials)``. Reported numbers are means over test samples of
+    both; frame level is computed per frame position and then averaged over positions.
+
+    Details that decide the last digit, matched to the reference:
+
+    * draws use numpy's legacy ``RandomState.choice(candidates, n−1, replace=False)`` with the candidates in ascending
+      class order, so with the same seed our draws equal the reference's after ``np.random.seed(seed)``;
+    * ties count against the reconstruction (the reference's stable ascending argsort puts the true class below equal
+      values): a trial succeeds iff fewer than k drawn classes have probability ≥ the best true class's.
+
+    Chance level is **not** 1/n under this protocol: with three true classes, random predictions succeed with
+    probability 3/(n+2) at k = 1 (0.75 for 2-way, 0.058 for 50-way); see :func:`chance_level`. With known labels (one
+    true class per sample) chance is 1/n.
+    """
     probs = np.asarray(probs, dtype=np.float64)
     true = np.unique(np.asarray(true, dtype=np.int64))
     reason = _check_feasible(n_way, probs.shape[-1], len(true), top_k)
