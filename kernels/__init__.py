@@ -1,24 +1,9 @@
-"""Attention kernels for the video UNet, behind a backend registry.
+"""Attention kernels for the video UNet, behind a backend registry (:mod:`mindvideo.kernels.registry`).
 
-``sparse_causal_attention`` and ``temporal_attention`` dispatch to the best registered backend that accepts the
-inputs (see :mod:`mindvideo.kernels.registry`):
-
-========================  ========  ==========================================================================
-backend                   priority  accepts
-========================  ========  ==========================================================================
-``triton``                20        CUDA tensors in fp16/bf16, head dim ≤ 256 (temporal: ≤ 128 frames), Triton
-                                    installed, not while tracing/exporting to ONNX (fp32 → SDPA)
-``sdpa``                  10        everything (gather/concat + ``F.scaled_dot_product_attention``)
-``reference``             0         everything (plain matmul/softmax in fp32: the oracle, and the ONNX graph)
-``triton-interpret``      -10       CPU tensors (fp16/fp32; bf16 is not supported by Triton's interpreter)
-                                    under ``TRITON_INTERPRET=1``; never chosen automatically, only by name
-                                    (tests run the Triton kernels on CPU this way)
-========================  ========  ==========================================================================
-
-``mindvideo.export`` adds ``onnx-plugin`` for the sparse-causal op (priority -100, only while exporting with
-``--attention plugin``: one TensorRT-plugin node in the graph).
-
-Importing this package never touches CUDA and never imports Triton: the Triton modules load on first use.
+``sparse_causal_attention`` and ``temporal_attention`` dispatch to the highest-priority registered backend that
+accepts the inputs: ``triton`` (CUDA, fp16/bf16), ``sdpa``, ``reference`` (fp32; the test oracle and the ONNX graph)
+and, by name only, ``triton-interpret`` (the kernels on Triton's CPU interpreter); ``mindvideo.export`` adds
+``onnx-plugin``. Importing this package never touches CUDA and never imports Triton.
 """
 
 from __future__ import annotations
