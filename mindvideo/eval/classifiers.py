@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mindvideo.checkpoint import atomic_folder
 from mindvideo.errors import MindVideoError
 from mindvideo.eval.metrics import progress_bar
 from mindvideo.eval.semantic import FrameClassifier
+from mindvideo.fsutil import atomic_folder
 
 log = logging.getLogger(__name__)
 

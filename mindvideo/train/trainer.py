@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.utils.data as tud
 
-from mindvideo.checkpoint import atomic_folder
 from mindvideo.config import read_json
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import atomic_folder
 from mindvideo.train import checkpointing as ckpt
 from mindvideo.train.config import RUN_KEYS
 from mindvideo.train.data import StepBatches, StepRandom, chunk_of
