@@ -30,7 +30,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(stage: str, data, out, overrides: dict) -> None:
+def _torchrun(stage: str, data, out, overrides: dict, entry: tuple[str, ...] = ("mindvideo.train",)) -> None:
+    """``torchrun -m mindvideo.train STAGE …`` (or ``entry = ("mindvideo", "train")``: ``-m mindvideo train``)."""
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
     command = [
         sys.executable,
@@ -43,8 +44,7 @@ def _torchrun(stage: str, data, out, overrides: dict) -> None:
         "--master_port",
         str(_free_port()),
         "-m",
-        "mindvideo",
-        "train",
+        *entry,
         stage,
         "--preset",
         "tiny",
@@ -100,7 +100,7 @@ def test_two_process_fsdp_equals_one_process(prepared, runs, tmp_path):
         "text_encoder": str(runs("clip")),
     }
     run_stage("unet-text", config("unet-text", overrides), prepared, tmp_path / "single")
-    _torchrun("unet-text", prepared, tmp_path / "fsdp", overrides)
+    _torchrun("unet-text", prepared, tmp_path / "fsdp", overrides, entry=("mindvideo", "train"))
     _same_losses(tmp_path / "single", tmp_path / "fsdp")
     assert_same_weights(tmp_path / "single" / "model", tmp_path / "fsdp" / "model", WEIGHT_ATOL)
     single, fsdp = (load_unet(tmp_path / r / "model" / "unet") for r in ("single", "fsdp"))
