@@ -16,7 +16,8 @@ with the real-time factor against a 2-s TR and the achieved TFLOP/s and % of the
 the whole ``Runtime`` (encoder → CUDA-graph loop → VAE decode, and the C loop for contrast) on a random SD-1.5-sized
 checkpoint in bf16, per stage (``runtime_end_to_end``).
 
-Results go to ``benchmarks/results/e2e-<device>.json`` with the device, commit, command and date.
+Results go to ``benchmarks/results/e2e-<device>.json`` (``--out``, ``--out-dir``) with the device, commit, command
+and date, and a short table is printed. ``mindvideo bench`` runs the same and writes to the current folder.
 
     python benchmarks/e2e.py                   # CPU, tiny model
     python benchmarks/e2e.py --checkpoint CKPT --frames 6 --steps 10
@@ -136,12 +137,46 @@ def matmul_peak(dtype=torch.bfloat16, n: int = 8192) -> float:
     return 2 * n**3 / seconds
 
 
+# the reference-style rows: (label, dtype, attention backend forced for the row; None = the registry's choice)
+EAGER_ROWS = (("eager_fp32", torch.float32, None), ("eager_fp16_sdpa", torch.float16, "sdpa"))
+GPU_ROWS = ("eager_fp32", "eager_fp16_sdpa", "python_loop_bf16", "cuda_graph_bf16")
+
+
+def eager_row(
+    config, dtype: torch.dtype, attention: str | None, latents: torch.Tensor, steps: int, repeats: int, device="cuda"
+) -> dict:
+    """Seconds per clip of the reference-style loop (per-step Python, diffusers ``scheduler.step``, guided) with a
+    fresh random UNet of ``config`` in ``dtype``. ``attention`` forces that kernels-registry backend for the timed
+    calls (``None``: the automatic choice, which on CUDA in fp16/bf16 is the Triton kernels)."""
+    from mindvideo.checkpoint import SCHEDULER_CONFIG
+    from mindvideo.kernels import use_backend
+    from mindvideo.models import VideoUNet
+    from mindvideo.sampling import guided_sample, make_scheduler
+
+    unet = VideoUNet(config).to(device=device, dtype=dtype).eval()
+    cond = torch.randn((2, 77, config.cross_attention_dim), device=device, dtype=dtype)
+    scheduler = make_scheduler(SCHEDULER_CONFIG, "dpm")
+    latents = latents.to(device)
+
+    def denoise(x, t, c):
+        return unet(x.to(dtype), t.expand(x.shape[0]).float(), c)
+
+    def run():
+        with torch.inference_mode():
+            return guided_sample(denoise, scheduler, latents, cond, 12.5, steps)
+
+    sync = torch.cuda.synchronize if latents.is_cuda else (lambda: None)
+    with use_backend(attention):
+        seconds = timed(run, repeats, sync)
+    return {"seconds": seconds, "attention_backend": attention or "automatic"}
+
+
 def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
     from mindvideo.checkpoint import SCHEDULER_CONFIG
     from mindvideo.engine import make_plan
     from mindvideo.engine.cuda_graph import GraphedLoop
     from mindvideo.models import VideoUNet, VideoUNetConfig
-    from mindvideo.sampling import guided_sample, initial_latents, make_scheduler
+    from mindvideo.sampling import initial_latents, make_scheduler
 
     torch.backends.cuda.matmul.allow_tf32 = False
     sync = torch.cuda.synchronize
@@ -150,19 +185,8 @@ def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
     results: dict = {"mode": "gpu", "frames": frames, "steps": steps, "resolution": 256, "batch": 1, "guided": True}
     peak = matmul_peak()
     results["measured_bf16_matmul_peak_tflops"] = peak / 1e12
-    for label, dtype in (("eager_fp32", torch.float32), ("eager_fp16_sdpa", torch.float16)):
-        unet = VideoUNet(VideoUNetConfig.sd15()).cuda().to(dtype).eval()
-        cond = torch.randn(cond_shape, device="cuda", dtype=dtype)
-        scheduler = make_scheduler(SCHEDULER_CONFIG, "dpm")
-
-        def denoise(x, t, c, unet=unet, dtype=dtype):
-            return unet(x.to(dtype), t.expand(x.shape[0]).float(), c)
-
-        def run(denoise=denoise, scheduler=scheduler, cond=cond):
-            return guided_sample(denoise, scheduler, latents, cond, 12.5, steps)
-
-        results[label] = {"seconds": timed(run, repeats, sync)}
-        del unet
+    for label, dtype, attention in EAGER_ROWS:
+        results[label] = eager_row(VideoUNetConfig.sd15(), dtype, attention, latents, steps, repeats)
         torch.cuda.empty_cache()
     unet = VideoUNet(VideoUNetConfig.sd15()).cuda().to(torch.bfloat16).eval()
     cond = torch.randn(cond_shape, device="cuda", dtype=torch.bfloat16)
@@ -176,7 +200,7 @@ def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
     results["unet_flops_per_clip"] = flops
     results["unet_evals_per_clip"] = 2 * steps  # guided: [negative; positive] rows, one batched call per step
     results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    for key in ("eager_fp32", "eager_fp16_sdpa", "python_loop_bf16", "cuda_graph_bf16"):
+    for key in GPU_ROWS:
         row = results[key]
         row["median_s"] = statistics.median(row["seconds"])
         row["real_time_factor"] = row["median_s"] / TR_SECONDS
@@ -241,7 +265,7 @@ def runtime_bench(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="the GPU benchmark (SD-1.5 size, 60 frames)")
     parser.add_argument("--checkpoint", type=Path, help="CPU mode: checkpoint folder [default: tiny random]")
@@ -251,8 +275,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="CPU mode: intra-op threads for torch and onnxruntime")
     parser.add_argument("--out", type=Path, help="result JSON [default: OUT_DIR/e2e-<device>.json]")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="folder of the default result JSON")
-    args = parser.parse_args(argv)
-    where = provenance(sys.argv if argv is None else ["benchmarks/e2e.py", *argv])  # before the run
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, command: list[str]) -> dict:
+    """The benchmark ``args`` ask for, with its provenance (``command`` is the command line recorded)."""
+    where = provenance(command)  # before the run
     if args.gpu:
         if not torch.cuda.is_available():
             from mindvideo.errors import MindVideoError
@@ -262,11 +290,59 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         result = cpu_bench(args.checkpoint, args.frames or 6, args.steps or 10, args.repeats, args.threads)
     result["provenance"] = where
-    tag = "gpu-" + torch.cuda.get_device_name().replace(" ", "_") if args.gpu else "cpu"
-    out = args.out or args.out_dir / f"e2e-{tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=2))
+    return result
+
+
+def result_name(gpu: bool) -> str:
+    """``e2e-cpu.json`` or ``e2e-gpu-<device>.json``."""
+    return f"e2e-gpu-{torch.cuda.get_device_name().replace(' ', '_')}.json" if gpu else "e2e-cpu.json"
+
+
+def write_result(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def summary(result: dict) -> list[tuple[str, float, int, float, float, str]]:
+    """One row per timed backend: (name, median s / clip, UNet evals / clip, frames/s, real-time factor, speed-up
+    over the reference-style eager run, "–" for the GPU's whole-runtime rows that are not comparable to it)."""
+    frames = result["frames"]
+    if result["mode"] == "cpu":
+        timed_rows = dict(result["backends"])
+        baseline = timed_rows["pytorch"]["median_s"]
+    else:
+        timed_rows = {key: result[key] for key in GPU_ROWS}
+        baseline = timed_rows["eager_fp32"]["median_s"]
+        for key, row in (result.get("runtime_end_to_end") or {}).items():
+            if key.startswith("loop_"):
+                timed_rows[f"runtime end-to-end, {key[5:]} loop"] = {**row, "end_to_end": True}
+    out = []
+    for name, row in timed_rows.items():
+        median = row["median_s"]
+        versus = "–" if row.get("end_to_end") else f"{baseline / median:.2f}×"
+        out.append((name, median, row["unet_evals_per_clip"], frames / median, median / TR_SECONDS, versus))
+    return out
+
+
+def format_table(result: dict) -> str:
+    """:func:`summary` as an aligned plain-text table, under a line naming the run."""
+    head = ("backend", "s / clip", "UNet evals", "frames/s", "RTF (2-s TR)", "vs eager")
+    body = [(n, f"{s:.3f}", str(e), f"{f:.1f}", f"{r:.3f}", v) for n, s, e, f, r, v in summary(result)]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    device = result["provenance"]["device"]
+    lines = [f"{result['mode'].upper()}: {result['frames']} frames × {result['steps']} steps on {device}"]
+    for row in (head, *body):
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = run(args, sys.argv if argv is None else ["benchmarks/e2e.py", *argv])
+    out = args.out or args.out_dir / result_name(args.gpu)
+    write_result(result, out)
+    print(format_table(result))
     print(f"wrote {out}")
     return result
 

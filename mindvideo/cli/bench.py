@@ -15,21 +15,32 @@ import click
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="CPU mode: intra-op threads.")
 @click.option(
-    "--out", type=click.Path(path_type=Path), help="Result JSON [default: benchmarks/results/e2e-<device>.json]."
+    "--out",
+    "--json",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Result JSON [default: e2e-cpu.json or e2e-gpu-<device>.json in the current folder].",
 )
 def bench(gpu, checkpoint, frames, steps, repeats, threads, out):
     """Time every backend side by side, per stage, with UNet evaluations per clip (2·steps for a guided teacher,
-    steps for a distilled student), and write a results JSON (device, commit, command, date).
+    steps for a distilled student); print a short table and write the full results JSON (per-repeat times,
+    stages, device, commit, command, date) to --out.
 
     \b
     Examples:
       mindvideo bench                      # CPU: pytorch pipeline vs torch / onnxruntime + C loop
-      mindvideo bench --gpu                # H100/H200: eager fp32, fp16+SDPA, bf16 loop, CUDA graph
+      mindvideo bench --gpu --out h200.json
+                                           # H100/H200: eager fp32, fp16+SDPA, bf16 loop, CUDA graph
     """
     from mindvideo.benchmarks import e2e
 
-    args = ["--repeats", str(repeats), "--threads", str(threads)]
+    argv = ["--repeats", str(repeats), "--threads", str(threads)]
     for flag, value in (("--checkpoint", checkpoint), ("--frames", frames), ("--steps", steps), ("--out", out)):
         if value is not None:
-            args += [flag, str(value)]
-    e2e.main(args + (["--gpu"] if gpu else []))
+            argv += [flag, str(value)]
+    argv += ["--gpu"] if gpu else []
+    result = e2e.run(e2e.parse_args(argv), ["benchmarks/e2e.py", *argv])
+    path = out or Path.cwd() / e2e.result_name(gpu)
+    e2e.write_result(result, path)
+    click.echo(e2e.format_table(result))
+    click.echo(f"wrote {path}")

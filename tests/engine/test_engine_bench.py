@@ -1,8 +1,12 @@
-"""``mindvideo bench``: the CPU mode writes a complete results file; the GPU mode refuses cleanly without CUDA."""
+"""``mindvideo bench``: the CPU mode prints a table and writes a complete results file (by default in the current
+folder, never into the checkout's benchmarks/results); the GPU mode refuses cleanly without CUDA and its SDPA row
+really runs the SDPA attention backend."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,22 +14,75 @@ from click.testing import CliRunner
 
 from mindvideo.cli import main
 
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
-def test_cpu_bench_writes_results(tmp_path):
-    out = tmp_path / "e2e.json"
-    args = ["bench", "--frames", "2", "--steps", "1", "--repeats", "1", "--threads", "1", "--out", str(out)]
-    result = CliRunner().invoke(main, args)
+
+def test_cpu_bench_prints_a_table_and_writes_results_in_the_current_folder(tmp_path, monkeypatch):
+    before = sorted(p.name for p in RESULTS.iterdir())
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["bench", "--frames", "2", "--steps", "1", "--repeats", "1", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    data = json.loads(out.read_text())
+    assert os.listdir(tmp_path) == ["e2e-cpu.json"]
+    data = json.loads((tmp_path / "e2e-cpu.json").read_text())
+    assert sorted(p.name for p in RESULTS.iterdir()) == before
+    lines = result.output.splitlines()
+    assert lines[0].startswith("CPU: 2 frames × 1 steps on ") and "{" not in result.output
+    assert lines[1].startswith("backend") and lines[1].split()[-4:] == ["(2-s", "TR)", "vs", "eager"]
+    for name, row in data["backends"].items():  # one table row per backend, with the file's own figures
+        cells = next(line.split() for line in lines if line.split()[0] == name)
+        assert cells[1:3] == [f"{row['median_s']:.3f}", "2"] and cells[-1] == f"{row['speedup_vs_pytorch']:.2f}×"
+    assert lines[-1] == f"wrote {tmp_path / 'e2e-cpu.json'}"
     assert set(data["backends"]) == {"pytorch", "torch", "onnxruntime"}
     assert {"device", "commit", "command", "date"} <= set(data["provenance"])
     assert all(row["median_s"] > 0 for row in data["backends"].values())
     assert all(row["unet_evals_per_clip"] == 2 for row in data["backends"].values())  # guided teacher, 1 step
 
 
+def test_gpu_sdpa_row_runs_the_sdpa_backend(monkeypatch):
+    """The "eager fp16 + SDPA" row forces the registry's SDPA backend (on CUDA the automatic choice is the Triton
+    kernels). Run here at the tiny size on CPU with a higher-priority backend standing in for Triton: the automatic
+    row goes to it, the SDPA row never does."""
+    from mindvideo.benchmarks.e2e import EAGER_ROWS, eager_row
+    from mindvideo.kernels import registry
+    from mindvideo.models import VideoUNetConfig
+
+    calls: list[str] = []
+
+    def accept_all(*args, **kwargs):
+        return True
+
+    for op in registry.OPS:
+        sdpa = registry._BACKENDS[op]["sdpa"]
+
+        def recorded(*args, _fn=sdpa.fn, **kwargs):
+            calls.append("sdpa")
+            return _fn(*args, **kwargs)
+
+        def stand_in(*args, _fn=sdpa.fn, **kwargs):
+            calls.append("stand-in")
+            return _fn(*args, **kwargs)
+
+        table = registry._BACKENDS[op]
+        monkeypatch.setitem(table, "sdpa", registry.Backend(op, "sdpa", recorded, 10, sdpa.supports))
+        monkeypatch.setitem(table, "stand-in", registry.Backend(op, "stand-in", stand_in, 99, accept_all))
+    latents = torch.randn(1, 4, 2, 8, 8)
+    rows = {}
+    for label, _dtype, attention in EAGER_ROWS:  # fp32 on CPU: the row's backend choice is what is tested
+        calls.clear()
+        rows[label] = eager_row(VideoUNetConfig.tiny(), torch.float32, attention, latents, 1, 1, device="cpu")
+        rows[label]["calls"] = set(calls)
+    assert rows["eager_fp16_sdpa"]["calls"] == {"sdpa"} and rows["eager_fp16_sdpa"]["attention_backend"] == "sdpa"
+    assert rows["eager_fp32"]["calls"] == {"stand-in"} and rows["eager_fp32"]["attention_backend"] == "automatic"
+    assert all(len(row["seconds"]) == 1 and row["seconds"][0] > 0 for row in rows.values())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_gpu_bench_needs_cuda(tmp_path):
-    result = CliRunner().invoke(main, ["bench", "--gpu", "--out", str(tmp_path / "x.json")])
+def test_gpu_bench_needs_cuda(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench", "--gpu"])
+    assert result.exit_code == 2 and "CUDA" in result.output and os.listdir(tmp_path) == []
+    result = runner.invoke(main, ["bench", "--gpu", "--json", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "CUDA" in result.output and not (tmp_path / "x.json").exists()
 
 
