@@ -1,4 +1,5 @@
-"""What the runtime backends share: a UNet's student facts, the networks' geometry, guidance and profile checks."""
+"""What the runtime backends share: a UNet's student facts, the networks' geometry, guidance, decoder and profile
+checks."""
 
 from __future__ import annotations
 
@@ -54,6 +55,29 @@ def check_guidance(facts: UNetFacts, guidance, where: str) -> None:
             f"guidance={guidance!r}",
             "use the two-pass guided loop (cond = [negative; positive]), or export a student",
         )
+
+
+DECODER_NETWORKS = {"vae": "vae_decoder", "tiny": "tiny_decoder"}  # --decoder → the network that runs it
+
+
+def decoder_network(decoder: str) -> str:
+    """The network of ``decoder`` (``"vae"`` → ``vae_decoder``, ``"tiny"`` → ``tiny_decoder``)."""
+    if decoder not in DECODER_NETWORKS:
+        raise MindVideoError(f"expected a decoder among {list(DECODER_NETWORKS)}", repr(decoder), "pick one")
+    return DECODER_NETWORKS[decoder]
+
+
+def check_decoder_graph(specs: dict, network: str, export_dir, export_format: str = "onnx") -> None:
+    """Refuse a decoder network the export folder does not have, saying how to get the tiny decoder's graph."""
+    if network in specs:
+        return
+    raise MindVideoError(
+        f"expected a {network} graph in the export folder {export_dir} for --decoder tiny",
+        f"networks {sorted(specs)}",
+        "train one with `mindvideo train tiny-decoder --set vae=CKPT …`, copy OUT/model/tiny_decoder into the "
+        f"checkpoint and re-export (`mindvideo export --checkpoint CKPT --out {export_dir} --format "
+        f"{export_format}`), or use --decoder vae",
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,15 @@ import torch
 
 from mindvideo.errors import MindVideoError
 
-from .backend_common import Geometry, UNetFacts, check_guidance, check_profile, guidance_rows
+from .backend_common import (
+    Geometry,
+    UNetFacts,
+    check_decoder_graph,
+    check_guidance,
+    check_profile,
+    decoder_network,
+    guidance_rows,
+)
 from .tensorrt_backend import TensorRTBackend
 
 log = logging.getLogger(__name__)
@@ -23,7 +31,8 @@ BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
 
 
 class TorchBackend:
-    """PyTorch modules from a checkpoint folder, on ``device`` in ``dtype`` (the VAE stays fp32 under fp16)."""
+    """PyTorch modules from a checkpoint folder, on ``device`` in ``dtype`` (the VAE stays fp32 under fp16; the tiny
+    decoder, ``CKPT/tiny_decoder`` read on first use, takes the VAE's dtype)."""
 
     name = "torch"
 
@@ -33,11 +42,14 @@ class TorchBackend:
         from mindvideo.pipeline import DTYPES, move
 
         parts = load_components(checkpoint)
+        self.checkpoint, self.compiled = Path(checkpoint), compile
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
         self.encoder = network_module("fmri_encoder", parts).to(self.device, self.dtype)
         self.unet = network_module("unet", parts).to(self.device, self.dtype)
         vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
         self.decoder = move(network_module("vae_decoder", parts), self.device, vae_dtype)
+        self.tiny_decoder: torch.nn.Module | None = None
+        self.vae_scaling = float(getattr(parts["vae"].config, "scaling_factor", None) or 0.18215)
         self.scheduler_config = parts["scheduler_config"]
         self.unet_config = parts["unet"].config
         cfg = self.unet_config
@@ -85,10 +97,25 @@ class TorchBackend:
         """The UNet on device tensors (what :class:`~mindvideo.engine.GraphedLoop` steps and captures)."""
         return self.unet(sample, timestep, cond) if guidance is None else self.unet(sample, timestep, cond, guidance)
 
+    def check_decoder(self, decoder: str) -> None:
+        """Make ``decoder`` ready: the tiny decoder is read from ``CKPT/tiny_decoder`` on first use (a
+        :class:`MindVideoError` saying how to train one when the checkpoint has none)."""
+        if decoder_network(decoder) != "tiny_decoder" or self.tiny_decoder is not None:
+            return
+        from mindvideo.export.modules import network_module
+        from mindvideo.models.tiny_decoder import load_tiny_decoder
+        from mindvideo.pipeline import move
+
+        parts = {"tiny_decoder": load_tiny_decoder(self.checkpoint), "vae_scaling": self.vae_scaling}
+        module = move(network_module("tiny_decoder", parts), self.device, next(self.decoder.parameters()).dtype)
+        self.tiny_decoder = torch.compile(module, dynamic=False) if self.compiled else module
+
     @torch.inference_mode()
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        dtype = next(self.decoder.parameters()).dtype
-        return self.decoder(torch.from_numpy(latents).to(self.device, dtype)).float().contiguous().cpu().numpy()
+    def decode(self, latents: np.ndarray, decoder: str = "vae") -> np.ndarray:
+        self.check_decoder(decoder)
+        module = self.tiny_decoder if decoder == "tiny" else self.decoder
+        dtype = next(module.parameters()).dtype
+        return module(torch.from_numpy(latents).to(self.device, dtype)).float().contiguous().cpu().numpy()
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
@@ -122,10 +149,10 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.sessions = {
-            name: ort.InferenceSession(str(self.exported.onnx_path(name)), options, providers=wanted[providers])
-            for name in ("fmri_encoder", "unet", "vae_decoder")
-        }
+        self._session = lambda name: ort.InferenceSession(
+            str(self.exported.onnx_path(name)), options, providers=wanted[providers]
+        )
+        self.sessions = {name: self._session(name) for name in ("fmri_encoder", "unet", "vae_decoder")}
         self.providers = providers
         self.scheduler_config = self.exported.scheduler_config
         self.dtypes = {name: np.dtype(spec.inputs[0].dtype) for name, spec in self.specs.items()}
@@ -159,8 +186,18 @@ class OnnxRuntimeBackend:
             inputs["guidance"] = guidance_rows(guidance, x.shape[0])  # float32 whatever the graph precision
         return self._run("unet", **inputs).astype(np.float32, copy=False)
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        images = self._run("vae_decoder", latent=latents.astype(self.dtypes["vae_decoder"], copy=False))
+    def check_decoder(self, decoder: str) -> None:
+        """Make ``decoder`` ready: the ``tiny_decoder`` graph gets its session on first use (a
+        :class:`MindVideoError` saying how to export one when the folder has none)."""
+        network = decoder_network(decoder)
+        if network not in self.sessions:
+            check_decoder_graph(self.specs, network, self.exported.root, "onnx")
+            self.sessions[network] = self._session(network)
+
+    def decode(self, latents: np.ndarray, decoder: str = "vae") -> np.ndarray:
+        self.check_decoder(decoder)
+        network = decoder_network(decoder)
+        images = self._run(network, latent=latents.astype(self.dtypes[network], copy=False))
         return images.astype(np.float32, copy=False)
 
     def info(self) -> dict[str, Any]:
@@ -185,7 +222,9 @@ def make_backend(
       a student UNet (``guidance_input``) needs ``guidance``, its guidance scale g (a float or (N,) values), which the
       runtime binds in (``functools.partial(backend.denoise, guidance=g)``) so the loop always calls
       ``denoise(x, t, cond)``; a teacher refuses it,
-    * ``decode(latents (M, 4, h, w)) -> images (M, 3, H, W)`` float32 in [0, 1] — the VAE decoder per frame,
+    * ``decode(latents (M, 4, h, w), decoder="vae") -> images (M, 3, H, W)`` float32 in [0, 1] — the VAE decoder
+      per frame, or (``decoder="tiny"``) the checkpoint's distilled tiny decoder (its ``tiny_decoder`` graph or
+      engine); ``check_decoder(decoder)`` loads it ahead of time or raises :class:`MindVideoError` when there is none,
 
     with numpy float32 in and out of ``denoise`` and ``decode``, so the C sampling loop
     (:func:`~mindvideo.engine.run_loop`) drives any of them. The backends whose UNet lives on a torch device (PyTorch,

@@ -9,6 +9,10 @@ A distilled student (its UNet takes the guidance scale g as an input: ``backend.
 pipeline: only the positive conditions, one UNet pass of B rows per step with g bound into the denoiser
 (``denoise(x, t, cond)`` stays the loop's one seam), and — with LCM — the re-noising noise drawn after the initial
 latents from the same seeded generator, precomputed into one ``(S − 1, B, 4, F, h, w)`` buffer for every loop.
+
+``GenerationConfig.decoder`` picks the decoder as in the pipeline: ``"vae"``, or ``"tiny"`` — the backend's tiny
+decoder (the checkpoint's ``tiny_decoder/`` module, the export's ``tiny_decoder`` graph or engine), checked before
+anything is encoded.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class Runtime:
         stream cannot fail mid-scan on a shape the engine was not built for."""
         shape, factor = self.latent_shape(batch, cfg), self.geometry.vae_factor
         check_student(self.unet_facts, cfg.scheduler, cfg.guidance_scale)
+        self.backend.check_decoder(cfg.decoder)  # a missing tiny decoder is reported before any work
         specs = getattr(self.backend, "specs", None)
         if specs is not None:
             spec = specs["unet"]
@@ -165,6 +170,7 @@ class Runtime:
         shape = self.latent_shape(x.shape[0], cfg)
         plan = self.plan(cfg)
         check_student(self.unet_facts, cfg.scheduler, cfg.guidance_scale)
+        self.backend.check_decoder(cfg.decoder)
         if neg is not None and self.single_pass:
             log.warning("a distilled student ignores the negative fMRI: its negative was fixed at distillation")
         # 1. conditions (a student: the positive ones only)
@@ -179,7 +185,7 @@ class Runtime:
             latents = self.device_loop(plan, latents, cond, cfg.guidance_scale, noise)
         looped = time.perf_counter()
         # 3. decode per frame, in chunks
-        video = self.decode(latents, cfg.decode_chunk)
+        video = self.decode(latents, cfg.decode_chunk, cfg.decoder)
         self.times = StageTimes(encoded - start, looped - encoded, time.perf_counter() - looped, plan.num_steps)
         self.times.unet_evals = self.unet_evals(cfg)
         if output == "float":
@@ -242,11 +248,12 @@ class Runtime:
         out = loop(x, c, z) if self.loop == "graph" else loop.run_eager(x, c, z)
         return out.float().cpu().numpy()
 
-    def decode(self, latents: np.ndarray, chunk: int = 16) -> np.ndarray:
-        """(B, C, F, h, w) → (B, 3, F, H, W) float32 in [0, 1]."""
+    def decode(self, latents: np.ndarray, chunk: int = 16, decoder: str = "vae") -> np.ndarray:
+        """(B, C, F, h, w) → (B, 3, F, H, W) float32 in [0, 1] with the VAE decoder or (``decoder="tiny"``) the
+        backend's tiny decoder."""
         b, c, f, h, w = latents.shape
         flat = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
-        images = np.concatenate([self.backend.decode(flat[i : i + chunk]) for i in range(0, b * f, chunk)])
+        images = np.concatenate([self.backend.decode(flat[i : i + chunk], decoder) for i in range(0, b * f, chunk)])
         return images.reshape(b, f, *images.shape[1:]).transpose(0, 2, 1, 3, 4)
 
 

@@ -15,7 +15,15 @@ import torch
 
 from mindvideo.errors import MindVideoError
 
-from .backend_common import Geometry, UNetFacts, check_guidance, check_profile, guidance_rows
+from .backend_common import (
+    Geometry,
+    UNetFacts,
+    check_decoder_graph,
+    check_guidance,
+    check_profile,
+    decoder_network,
+    guidance_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +39,15 @@ class TensorRTBackend:
     be that). :meth:`device_unet` runs the UNet engine on device tensors on the current stream, which is how
     :class:`~mindvideo.engine.GraphedLoop` captures the whole loop (TensorRT enqueues + the Triton update) into one
     CUDA graph. The three engines run one after another, never concurrently, so their activation memory is one arena of
-    the largest ``device_memory_size_v2``, handed to each context with ``set_device_memory``.
+    the largest ``device_memory_size_v2``, handed to each context with ``set_device_memory``. The tiny decoder's engine
+    (``--decoder tiny``) is loaded on first use, into the arena when it fits (it does unless the decoder is larger than
+    the UNet), so the arena — and a captured loop that uses it — never moves.
     """
 
     name = "tensorrt"
 
     def __init__(self, export_dir: str | Path, device: str = "cuda"):
-        from mindvideo.export import current_target, engine_for, load_export, require_tensorrt
+        from mindvideo.export import current_target, load_export, require_tensorrt
 
         trt = require_tensorrt()
         self.device = torch.device(device)
@@ -45,25 +55,33 @@ class TensorRTBackend:
         self.specs = self.exported.specs
         self.scheduler_config = self.exported.scheduler_config
         self.unet_facts = UNetFacts.from_spec(self.specs["unet"])
-        target = current_target()  # refuses without a CUDA device
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._trt, self._target = trt, current_target()  # refuses without a CUDA device
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self.contexts, self.buffers = {}, {}, {}
+        self._own_memory: dict[str, torch.Tensor] = {}
         for name in NETWORKS:
-            engine = runtime.deserialize_cuda_engine(engine_for(self.exported, name, target))
-            if engine is None:
-                raise MindVideoError(
-                    f"expected a loadable TensorRT engine for {name}",
-                    "deserialisation failed",
-                    f"rebuild it: mindvideo export --checkpoint CKPT --out {export_dir} --format trt",
-                )
-            self.engines[name] = engine
-            self.contexts[name] = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            self.buffers[name] = self._bind(name)
+            self._load(name)
         self._arena = self._shared_arena()
         self.stream = torch.cuda.Stream(self.device)
         _, window, voxels = self.specs["fmri_encoder"].inputs[0].shape
         _, channels, _, h, w = self.specs["unet"].inputs[0].shape
         self.geometry = Geometry(window, voxels, channels, (h, w), self.specs["vae_decoder"].outputs[0].shape[2] // h)
+
+    def _load(self, name: str) -> None:
+        """Deserialise network ``name``'s engine (this machine's, from the export's cache) and bind its buffers."""
+        from mindvideo.export import engine_for
+
+        engine = self._runtime.deserialize_cuda_engine(engine_for(self.exported, name, self._target))
+        if engine is None:
+            raise MindVideoError(
+                f"expected a loadable TensorRT engine for {name}",
+                "deserialisation failed",
+                f"rebuild it: mindvideo export --checkpoint CKPT --out {self.exported.root} --format trt",
+            )
+        self.engines[name] = engine
+        strategy = self._trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        self.contexts[name] = engine.create_execution_context(strategy)
+        self.buffers[name] = self._bind(name)
 
     def _bind(self, name: str) -> dict[str, torch.Tensor]:
         """One max-shape CUDA tensor per I/O tensor of ``name``, bound by address once (torch allocations are
@@ -79,12 +97,28 @@ class TensorRTBackend:
 
     def _shared_arena(self) -> torch.Tensor:
         size = max(int(engine.device_memory_size_v2) for engine in self.engines.values())
-        arena = torch.empty(size + 256, dtype=torch.uint8, device=self.device)
-        address = (arena.data_ptr() + 255) // 256 * 256  # TensorRT wants 256-byte alignment
+        arena, address = _aligned(size, self.device)
+        self._arena_address, self._arena_size = address, size
         for context in self.contexts.values():
             context.set_device_memory(address, size)
         log.info("TensorRT: one %.1f MB activation arena for %d engines", size / 2**20, len(self.contexts))
         return arena
+
+    def check_decoder(self, decoder: str) -> None:
+        """Make ``decoder`` ready: the ``tiny_decoder`` engine is loaded on first use, its activations in the shared
+        arena when they fit, else in memory of its own (a :class:`MindVideoError` saying how to export and build one
+        when the folder has none)."""
+        network = decoder_network(decoder)
+        if network in self.contexts:
+            return
+        check_decoder_graph(self.specs, network, self.exported.root, "trt")
+        self._load(network)
+        size = int(self.engines[network].device_memory_size_v2)
+        if size <= self._arena_size:
+            address, size = self._arena_address, self._arena_size
+        else:
+            self._own_memory[network], address = _aligned(size, self.device)
+        self.contexts[network].set_device_memory(address, size)
 
     def _enqueue(self, name: str, inputs: dict[str, np.ndarray | torch.Tensor], stream: torch.cuda.Stream):
         """Copy the inputs into the dense prefixes of the bound buffers, set the input shapes and enqueue the engine
@@ -128,8 +162,9 @@ class TensorRTBackend:
             inputs["guidance"] = guidance_rows(guidance, x.shape[0])
         return self._execute("unet", inputs).float().cpu().numpy()
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self._execute("vae_decoder", {"latent": latents}).float().cpu().numpy()
+    def decode(self, latents: np.ndarray, decoder: str = "vae") -> np.ndarray:
+        self.check_decoder(decoder)
+        return self._execute(decoder_network(decoder), {"latent": latents}).float().cpu().numpy()
 
     # ---------------------------------------------------------------------------------- the graphed device loop
 
@@ -154,6 +189,12 @@ class TensorRTBackend:
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": torch.cuda.get_device_name(self.device)}
+
+
+def _aligned(size: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """``size`` bytes of device memory and their first 256-byte-aligned address (TensorRT wants that alignment)."""
+    memory = torch.empty(size + 256, dtype=torch.uint8, device=device)
+    return memory, (memory.data_ptr() + 255) // 256 * 256
 
 
 def dense(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -238,7 +238,7 @@ class MindVideoPipeline:
 
 
 def generation_size(
-    cfg: GenerationConfig, default: tuple[int, int], factor: int, decoders: tuple[str, ...] = ("vae",)
+    cfg: GenerationConfig, default: tuple[int, int], factor: int, decoders: tuple[str, ...] = DECODERS
 ) -> tuple[int, int]:
     """Validated (height, width) of ``cfg`` (``default`` where unset; multiples of the VAE ``factor``), with at least
     one frame and one step, a known scheduler and a decoder among the caller's ``decoders`` — the checks every
@@ -257,10 +257,7 @@ def generation_size(
     if cfg.scheduler not in SCHEDULERS:
         raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
     if cfg.decoder not in decoders:
-        fix = "use --decoder vae" if cfg.decoder in DECODERS else f"pick one of {list(decoders)}"
-        if cfg.decoder in DECODERS:
-            fix += ", or the PyTorch pipeline (--backend pytorch) for the tiny decoder"
-        raise MindVideoError(f"expected a decoder among {list(decoders)} here", repr(cfg.decoder), fix)
+        raise MindVideoError(f"expected a decoder among {list(decoders)}", repr(cfg.decoder), "pick one")
     return height, width
 
 

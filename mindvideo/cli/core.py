@@ -113,7 +113,7 @@ def parse_range(text: str) -> tuple[int, int | None]:
     default="vae",
     show_default=True,
     help="vae: the checkpoint's VAE decoder; tiny: its distilled tiny_decoder/ (`mindvideo train tiny-decoder`), "
-    "~1/28 of the VAE's FLOPs with less detail (pytorch backend).",
+    "~1/28 of the VAE's FLOPs with less detail (engine backends: the export's tiny_decoder graph or engine).",
 )
 @click.option("--seed", default=3407, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
@@ -182,6 +182,7 @@ def generate(
       mindvideo generate --checkpoint CKPT --scan run1.dtseries.nii --trs 10:14 --out clips.gif
       mindvideo generate --backend onnxruntime --engine exported/ --fmri window.npy --out clip.mp4
       mindvideo generate --checkpoint CKPT --fmri window.npy --decoder tiny --out clip.mp4
+      mindvideo generate --backend onnxruntime --engine exported/ --fmri window.npy --decoder tiny --out clip.mp4
       mindvideo generate --checkpoint CKPT --data prepared/ --split test --batch-size 8 --out recon.npy \\
           --eval report/ --classifier models/vit-base-patch16-224
     """
@@ -238,10 +239,6 @@ def generate(
             "expected an engine backend (torch, onnxruntime, tensorrt) with --loop",
             "--backend pytorch",
             "add --backend torch",
-        )
-    if decoder == "tiny" and backend != "pytorch":
-        raise MindVideoError(
-            "expected --backend pytorch with --decoder tiny", f"--backend {backend}", "drop --decoder tiny"
         )
     if backend == "pytorch":
         if checkpoint is None:

@@ -52,7 +52,7 @@ TRT_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
     type=click.Choice(("fp32", "bf16", "fp16")),
     default="fp32",
     show_default=True,
-    help="VAE decoder. fp16 decoders overflow to NaN on many inputs; bf16 is TensorRT-only.",
+    help="VAE decoder (and tiny decoder). fp16 decoders overflow to NaN on many inputs; bf16 is TensorRT-only.",
 )
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17–20).")
 @click.option("--height", type=int, default=None, help="Video height in pixels (default: the UNet's sample_size × 8).")
@@ -114,7 +114,8 @@ def export(
     cache_dir: Path | None,
     json_path: Path | None,
 ) -> None:
-    """Export a checkpoint's fMRI encoder, video UNet and VAE decoder to ONNX (and TensorRT engines).
+    """Export a checkpoint's fMRI encoder, video UNet and VAE decoder (and its tiny_decoder/, if it has one) to ONNX
+    (and TensorRT engines).
 
     Every graph is checked with onnx.checker and compared with PyTorch under onnxruntime; the export fails above
     tolerance. OUT/manifest.json records hashes, shapes, errors and tool versions.
@@ -150,6 +151,8 @@ def export(
     rows = [dataclasses.asdict(r) for r in result.networks]
     _print_onnx_table(result)
     if builds is not None:
+        if "tiny_decoder" in result.manifest["networks"]:  # the tiny decoder's engine: the VAE decoder's build
+            builds["tiny_decoder"] = builds["vae_decoder"]
         rows += _build_engines(out, builds, cache_dir, force)
     if json_path:
         write_json_atomic(json_path, {"out": str(out), "networks": rows})

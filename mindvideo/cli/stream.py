@@ -118,7 +118,8 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
     type=click.Choice(["vae", "tiny"]),
     default="vae",
     show_default=True,
-    help="vae, or the checkpoint's tiny_decoder/ (pytorch backend; see mindvideo generate --help).",
+    help="vae, or the checkpoint's tiny_decoder/ (engine backends: the export's tiny_decoder graph or engine; see "
+    "mindvideo generate --help).",
 )
 @click.option("--seed", default=3407, show_default=True)
 @click.option("--height", type=int, help="Output height [default: the UNet's native size].")
@@ -228,10 +229,6 @@ def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
             "expected an engine backend (torch, onnxruntime, tensorrt) with --loop",
             "--backend pytorch",
             "add --backend",
-        )
-    if opts["decoder"] == "tiny" and opts["backend"] != "pytorch":
-        raise MindVideoError(
-            "expected --backend pytorch with --decoder tiny", f"--backend {opts['backend']}", "drop --decoder tiny"
         )
     if opts["backend"] == "pytorch":
         pipe = MindVideoPipeline.from_pretrained(opts["checkpoint"], dtype=opts["dtype"], device=opts["device"])

@@ -125,22 +125,21 @@ def test_cli_decoder_tiny(tiny_dec_ckpt, tiny_ckpt, fmri_file, tmp_path):
     assert result.output.startswith("error: expected a tiny_decoder/ folder in the checkpoint")
     assert "mindvideo train tiny-decoder" in result.output
     assert not out.parent.exists() or not any(out.parent.iterdir())
-    # the engine backends decode with the exported VAE decoder only
-    args = ("--checkpoint", tiny_dec_ckpt, *common, "--decoder", "tiny", "--backend", "onnxruntime", "--out", out)
+    # the engine's torch backend reads the same folder (tests/engine/test_engine_tiny_decoder.py: the others)
+    args = ("--checkpoint", tiny_ckpt, *common, "--decoder", "tiny", "--backend", "torch", "--out", out)
     result = run("generate", *args)
-    assert result.exit_code == 2 and "expected --backend pytorch with --decoder tiny" in result.output
+    assert result.exit_code == 2 and result.output.startswith("error: expected a tiny_decoder/ folder"), result.output
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
-def test_engine_runtime_refuses_the_tiny_decoder():
+def test_generation_size_checks_the_decoder_name():
     from mindvideo.pipeline import generation_size
 
-    cfg = GenerationConfig(decoder="tiny")
-    with pytest.raises(MindVideoError, match=r"expected a decoder among \['vae'\] here.*--backend pytorch"):
-        generation_size(cfg, (64, 64), 8)
-    assert generation_size(cfg, (64, 64), 8, decoders=("vae", "tiny")) == (64, 64)
-    with pytest.raises(MindVideoError, match="pick one of"):
-        generation_size(GenerationConfig(decoder="taesd"), (64, 64), 8, decoders=("vae", "tiny"))
+    assert generation_size(GenerationConfig(decoder="tiny"), (64, 64), 8) == (64, 64)
+    with pytest.raises(MindVideoError, match=r"expected a decoder among \['vae', 'tiny'\]"):
+        generation_size(GenerationConfig(decoder="taesd"), (64, 64), 8)
+    with pytest.raises(MindVideoError, match=r"expected a decoder among \['vae'\]"):
+        generation_size(GenerationConfig(decoder="tiny"), (64, 64), 8, decoders=("vae",))
 
 
 def test_stream_decoder_tiny_needs_the_folder(tiny_ckpt, tmp_path):
@@ -149,6 +148,6 @@ def test_stream_decoder_tiny_needs_the_folder(tiny_ckpt, tmp_path):
     args = ("stream", "--checkpoint", tiny_ckpt, "--source", f"folder:{tmp_path / 'in'}", "--sink", f"file:{out}")
     result = run(*args, "--decoder", "tiny")
     assert result.exit_code == 2 and "expected a tiny_decoder/ folder in the checkpoint" in result.output
-    result = run(*args, "--decoder", "tiny", "--backend", "onnxruntime")
-    assert result.exit_code == 2 and "expected --backend pytorch with --decoder tiny" in result.output
+    result = run(*args, "--decoder", "tiny", "--backend", "torch")
+    assert result.exit_code == 2 and "expected a tiny_decoder/ folder in the checkpoint" in result.output
     assert not out.exists()
