@@ -329,10 +329,14 @@ def check_fmri(fmri: np.ndarray | torch.Tensor, window: int, voxels: int, name: 
             "reshape the input",
         )
     if tuple(x.shape[1:]) != (window, voxels):
+        fix = "bring the data to the encoder's voxels with the data transform the checkpoint was trained with"
+        fix += " (CKPT/data_transform: generate --scan, mindvideo data prepare)"
+        if x.shape[1] == window:  # only the voxel count differs: a random checkpoint can be made to fit
+            fix += f", or make a random checkpoint for this data: mindvideo init --num-voxels {x.shape[2]}"
         raise MindVideoError(
             f"expected {name} windows of {window} TRs × {voxels} voxels (the encoder's num_voxels)",
             f"{tuple(x.shape[1:])}",
-            "apply the checkpoint's data transform first",
+            fix,
         )
     if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
         raise MindVideoError(f"expected numeric {name}", str(x.dtype), "save the array as float32")

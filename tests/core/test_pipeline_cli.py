@@ -96,7 +96,7 @@ def bad_inputs(tmp_path, tiny_ckpt, fmri_file):
     return {
         "missing checkpoint": (["--checkpoint", tmp_path / "nope", "--fmri", fmri_file], "no such folder"),
         "missing fmri": (["--checkpoint", tiny_ckpt, "--fmri", tmp_path / "none.npy"], "no such file"),
-        "wrong voxel count": (["--checkpoint", tiny_ckpt, "--fmri", wrong_voxels], "64 voxels"),
+        "wrong voxel count": (["--checkpoint", tiny_ckpt, "--fmri", wrong_voxels], "mindvideo init --num-voxels 63"),
         "nan fmri": (["--checkpoint", tiny_ckpt, "--fmri", nan], "finite"),
         "wrong rank": (["--checkpoint", tiny_ckpt, "--fmri", rank], "rank 4"),
         "odd height": (["--checkpoint", tiny_ckpt, "--fmri", fmri_file, "--height", 30], "multiples of 8"),
@@ -115,6 +115,22 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, tiny_ckpt, fmri_fi
     assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
     assert message in result.output
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_voxel_mismatch_points_to_the_data_transform_and_init():
+    """A window of the wrong voxel count names the encoder's count, the data transform and, when only the voxels
+    differ, the init command that makes a random checkpoint fit the data."""
+    from mindvideo.errors import MindVideoError
+    from mindvideo.pipeline import check_fmri
+
+    with pytest.raises(MindVideoError) as voxels:
+        check_fmri(np.zeros((2, 448), np.float32), 2, 128)
+    message = str(voxels.value)
+    assert "2 TRs × 128 voxels" in message and "found (2, 448)" in message and "data_transform" in message
+    assert message.endswith("mindvideo init --num-voxels 448")
+    with pytest.raises(MindVideoError) as window:
+        check_fmri(np.zeros((3, 448), np.float32), 2, 128)
+    assert "data_transform" in str(window.value) and "init" not in str(window.value)
 
 
 def test_bad_output_suffix(tiny_ckpt, fmri_file, tmp_path):
