@@ -16,11 +16,15 @@ with the real-time factor against a 2-s TR and the achieved TFLOP/s and % of the
 the whole ``Runtime`` (encoder → CUDA-graph loop → VAE decode, and the C loop for contrast) on a random SD-1.5-sized
 checkpoint in bf16, per stage (``runtime_end_to_end``).
 
+``--decoder tiny`` decodes every end-to-end row with the checkpoint's tiny decoder instead of the VAE decoder (a random
+checkpoint gets a random one: timing only); the result file records which decoder ran (``decoder``).
+
 Results go to ``benchmarks/results/e2e-<device>.json`` (``--out``, ``--out-dir``) with the device, commit, command
 and date, and a short table is printed. ``mindvideo bench`` runs the same and writes to the current folder.
 
     python benchmarks/e2e.py                   # CPU, tiny model
     python benchmarks/e2e.py --checkpoint CKPT --frames 6 --steps 10
+    python benchmarks/e2e.py --checkpoint CKPT --decoder tiny   # CKPT/tiny_decoder (exported with the rest)
     python benchmarks/e2e.py --gpu             # H100/H200: the real-time target
 """
 
@@ -60,7 +64,20 @@ def timed(fn, repeats: int, sync=lambda: None) -> list[float]:
 # --------------------------------------------------------------------------------------------------------- CPU
 
 
-def cpu_bench(checkpoint: Path | None, frames: int, steps: int, repeats: int, threads: int) -> dict:
+def add_random_tiny_decoder(checkpoint: Path, preset: str) -> None:
+    """A random ``tiny_decoder/`` for a random checkpoint (timing only): the default decoder for the SD-1.5 VAE, the
+    tests' size (8 channels, one block per level) for the tiny one."""
+    from mindvideo.config import read_json
+    from mindvideo.models.tiny_decoder import TinyDecoder, TinyDecoderConfig
+
+    vae = read_json(checkpoint / "vae" / "config.json")
+    size = {} if preset == "sd15" else {"width": 8, "blocks": 1}
+    TinyDecoder(TinyDecoderConfig.for_vae(vae, **size)).save_pretrained(checkpoint / "tiny_decoder")
+
+
+def cpu_bench(
+    checkpoint: Path | None, frames: int, steps: int, repeats: int, threads: int, decoder: str = "vae"
+) -> dict:
     from mindvideo.checkpoint import build_random_checkpoint
     from mindvideo.engine.backends import OnnxRuntimeBackend, TorchBackend
     from mindvideo.engine.runtime import Runtime
@@ -71,11 +88,14 @@ def cpu_bench(checkpoint: Path | None, frames: int, steps: int, repeats: int, th
     work = Path(tempfile.mkdtemp(prefix="mindvideo-bench-"))
     if checkpoint is None:
         checkpoint = build_random_checkpoint(work / "ckpt", "tiny", init_scale=0.02)
-    profile = SpecOptions(frames=Axis(1, frames, max(frames, 16)))  # the clip length is inside the graphs' profile
-    export_onnx(checkpoint, work / "exported", ExportSettings(spec=profile))
+        if decoder == "tiny":
+            add_random_tiny_decoder(checkpoint, "tiny")
     pipe = MindVideoPipeline.from_pretrained(checkpoint)
     fmri = np.random.default_rng(0).standard_normal((1, pipe.window_size, pipe.num_voxels)).astype(np.float32)
-    cfg = GenerationConfig(num_frames=frames, num_inference_steps=steps, scheduler="dpm")
+    cfg = GenerationConfig(num_frames=frames, num_inference_steps=steps, scheduler="dpm", decoder=decoder)
+    pipe.check_generation(cfg)  # a checkpoint without tiny_decoder/ is refused before the export
+    profile = SpecOptions(frames=Axis(1, frames, max(frames, 16)))  # the clip length is inside the graphs' profile
+    export_onnx(checkpoint, work / "exported", ExportSettings(spec=profile))
     runtimes = {
         "torch": Runtime(TorchBackend(checkpoint)),
         "onnxruntime": Runtime(OnnxRuntimeBackend(work / "exported", threads=threads)),
@@ -116,6 +136,7 @@ def cpu_bench(checkpoint: Path | None, frames: int, steps: int, repeats: int, th
         "batch": 1,
         "guidance": cfg.guidance_scale,
         "scheduler": cfg.scheduler,
+        "decoder": decoder,
         "backends": rows,
     }
 
@@ -171,7 +192,7 @@ def eager_row(
     return {"seconds": seconds, "attention_backend": attention or "automatic"}
 
 
-def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
+def gpu_bench(frames: int, steps: int, repeats: int, decoder: str = "vae") -> dict:
     from mindvideo.checkpoint import SCHEDULER_CONFIG
     from mindvideo.engine import make_plan
     from mindvideo.engine.cuda_graph import GraphedLoop
@@ -183,6 +204,7 @@ def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
     shape, cond_shape = (1, 4, frames, 32, 32), (2, 77, 768)
     latents = initial_latents(shape, 0, 1.0).cuda()
     results: dict = {"mode": "gpu", "frames": frames, "steps": steps, "resolution": 256, "batch": 1, "guided": True}
+    results["decoder"] = decoder  # of the end-to-end rows (runtime_end_to_end); the loop rows decode nothing
     peak = matmul_peak()
     results["measured_bf16_matmul_peak_tflops"] = peak / 1e12
     for label, dtype, attention in EAGER_ROWS:
@@ -210,18 +232,26 @@ def gpu_bench(frames: int, steps: int, repeats: int) -> dict:
         row["unet_evals_per_clip"] = results["unet_evals_per_clip"]
     results["note"] = "UNet loop only (encoder and VAE decode not included); random SD-1.5-sized weights."
     try:
-        results["runtime_end_to_end"] = runtime_bench(frames, steps, repeats)
+        results["runtime_end_to_end"] = runtime_bench(frames, steps, repeats, decoder=decoder)
     except Exception as exc:  # the loop figures above stand on their own; record why this part failed
         results["runtime_end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"}
     return results
 
 
 def runtime_bench(
-    frames: int, steps: int, repeats: int, *, preset: str = "sd15", device: str = "cuda", dtype: str = "bf16"
+    frames: int,
+    steps: int,
+    repeats: int,
+    *,
+    preset: str = "sd15",
+    device: str = "cuda",
+    dtype: str = "bf16",
+    decoder: str = "vae",
 ) -> dict:
     """What ``mindvideo generate --backend torch --device cuda --dtype bf16`` does, end to end with per-stage times:
-    encoder → loop → VAE decode, on a random checkpoint of ``preset`` size written to a temporary folder. The loop
-    runs as the CUDA graph and as the C loop over the same backend (on CPU: the device loop and the C loop)."""
+    encoder → loop → decode (the VAE decoder, or a random tiny decoder with ``decoder="tiny"``), on a random checkpoint
+    of ``preset`` size written to a temporary folder. The loop runs as the CUDA graph and as the C loop over the same
+    backend (on CPU: the device loop and the C loop)."""
     from mindvideo.checkpoint import build_random_checkpoint
     from mindvideo.engine.backends import TorchBackend
     from mindvideo.engine.runtime import Runtime
@@ -231,14 +261,19 @@ def runtime_bench(
     try:
         start = time.perf_counter()
         ckpt = build_random_checkpoint(work / "ckpt", preset)
+        if decoder == "tiny":
+            add_random_tiny_decoder(ckpt, preset)
         built = time.perf_counter() - start
         backend = TorchBackend(ckpt, device=device, dtype=dtype)
         geometry = backend.geometry
         fmri = np.random.default_rng(0).standard_normal((1, geometry.window_size, geometry.num_voxels))
-        cfg = GenerationConfig(num_frames=frames, num_inference_steps=steps, scheduler="dpm", guidance_scale=12.5)
+        cfg = GenerationConfig(
+            num_frames=frames, num_inference_steps=steps, scheduler="dpm", guidance_scale=12.5, decoder=decoder
+        )
         cuda = backend.device.type == "cuda"
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         out: dict = {"preset": preset, "device": device, "dtype": dtype, "frames": frames, "steps": steps}
+        out["decoder"] = decoder
         out["checkpoint_build_s"] = built
         for loop in ("graph" if cuda else "device", "c"):
             runtime, stages = Runtime(backend, loop=loop), []
@@ -272,6 +307,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, help="frames per clip [default: 6 CPU, 60 GPU]")
     parser.add_argument("--steps", type=int, help="denoising steps [default: 10 CPU, 25 GPU]")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--decoder",
+        choices=("vae", "tiny"),
+        default="vae",
+        help="decoder of the end-to-end rows: the VAE's, or CKPT/tiny_decoder (a random one for a random checkpoint)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU mode: intra-op threads for torch and onnxruntime")
     parser.add_argument("--out", type=Path, help="result JSON [default: OUT_DIR/e2e-<device>.json]")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="folder of the default result JSON")
@@ -286,9 +327,10 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
             from mindvideo.errors import MindVideoError
 
             raise MindVideoError("expected a CUDA device for --gpu", "none", "run the CPU mode without --gpu")
-        result = gpu_bench(args.frames or 60, args.steps or 25, args.repeats)
+        result = gpu_bench(args.frames or 60, args.steps or 25, args.repeats, args.decoder)
     else:
-        result = cpu_bench(args.checkpoint, args.frames or 6, args.steps or 10, args.repeats, args.threads)
+        frames, steps = args.frames or 6, args.steps or 10
+        result = cpu_bench(args.checkpoint, frames, steps, args.repeats, args.threads, args.decoder)
     result["provenance"] = where
     return result
 
@@ -330,7 +372,9 @@ def format_table(result: dict) -> str:
     body = [(n, f"{s:.3f}", str(e), f"{f:.1f}", f"{r:.3f}", v) for n, s, e, f, r, v in summary(result)]
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
     device = result["provenance"]["device"]
-    lines = [f"{result['mode'].upper()}: {result['frames']} frames × {result['steps']} steps on {device}"]
+    decoder = result.get("decoder", "vae")  # files from before the option: the VAE decoder
+    run = f"{result['frames']} frames × {result['steps']} steps on {device}, {decoder} decoder"
+    lines = [f"{result['mode'].upper()}: {run}"]
     for row in (head, *body):
         cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells))

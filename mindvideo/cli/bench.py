@@ -15,13 +15,21 @@ import click
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="CPU mode: intra-op threads.")
 @click.option(
+    "--decoder",
+    type=click.Choice(["vae", "tiny"]),
+    default="vae",
+    show_default=True,
+    help="Decoder of the end-to-end rows: the VAE's, or the checkpoint's tiny_decoder/ (a random one for the random "
+    "checkpoint); recorded in the JSON.",
+)
+@click.option(
     "--out",
     "--json",
     "out",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Result JSON [default: e2e-cpu.json or e2e-gpu-<device>.json in the current folder].",
 )
-def bench(gpu, checkpoint, frames, steps, repeats, threads, out):
+def bench(gpu, checkpoint, frames, steps, repeats, threads, decoder, out):
     """Time every backend side by side, per stage, with UNet evaluations per clip (2·steps for a guided teacher,
     steps for a distilled student); print a short table and write the full results JSON (per-repeat times,
     stages, device, commit, command, date) to --out.
@@ -29,12 +37,13 @@ def bench(gpu, checkpoint, frames, steps, repeats, threads, out):
     \b
     Examples:
       mindvideo bench                      # CPU: pytorch pipeline vs torch / onnxruntime + C loop
+      mindvideo bench --checkpoint CKPT --decoder tiny   # the same, decoding with CKPT/tiny_decoder
       mindvideo bench --gpu --out h200.json
                                            # H100/H200: eager fp32, fp16+SDPA, bf16 loop, CUDA graph
     """
     from mindvideo.benchmarks import e2e
 
-    argv = ["--repeats", str(repeats), "--threads", str(threads)]
+    argv = ["--repeats", str(repeats), "--threads", str(threads), "--decoder", decoder]
     for flag, value in (("--checkpoint", checkpoint), ("--frames", frames), ("--steps", steps), ("--out", out)):
         if value is not None:
             argv += [flag, str(value)]

@@ -121,3 +121,51 @@ def test_runtime_bench_times_both_loops_per_stage():
         assert row["median_s"] > 0 and set(row["stages_median_s"]) == {"encode", "loop", "decode"}
         assert row["real_time_factor"] == row["median_s"] / 2.0
         assert row["unet_evals_per_clip"] == 2  # guided teacher, 1 step
+
+
+def _record_decoders(monkeypatch) -> list[tuple[str, str]]:
+    """Spy on every backend's decode (the real one still runs): (backend, decoder) per call."""
+    from mindvideo.engine.backends import OnnxRuntimeBackend, TorchBackend
+    from mindvideo.pipeline import MindVideoPipeline
+
+    seen: list[tuple[str, str]] = []
+    for cls, name in ((TorchBackend, "torch"), (OnnxRuntimeBackend, "onnxruntime"), (MindVideoPipeline, "pytorch")):
+        original = cls.decode
+
+        def decode(self, latents, *args, _original=original, _name=name, **kwargs):
+            decoder = kwargs.get("decoder", args[-1] if args and isinstance(args[-1], str) else "vae")
+            seen.append((_name, decoder))
+            return _original(self, latents, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "decode", decode)
+    return seen
+
+
+def test_bench_decoder_tiny_is_run_and_recorded(tmp_path, monkeypatch):
+    """``--decoder tiny``: every end-to-end row decodes with the (random) tiny decoder and the file says so."""
+    from mindvideo.benchmarks.e2e import runtime_bench
+
+    seen = _record_decoders(monkeypatch)
+    out = tmp_path / "tiny.json"
+    args = ["bench", "--frames", "2", "--steps", "1", "--repeats", "1", "--threads", "1", "--decoder", "tiny"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["decoder"] == "tiny" and result.output.splitlines()[0].endswith(", tiny decoder")
+    assert "--decoder tiny" in data["provenance"]["command"]
+    assert {name for name, _ in seen} == {"pytorch", "torch", "onnxruntime"} and {d for _, d in seen} == {"tiny"}
+    seen.clear()
+    result = runtime_bench(2, 1, 1, preset="tiny", device="cpu", dtype="fp32", decoder="tiny")
+    assert result["decoder"] == "tiny" and result["loop_c"]["median_s"] > 0
+    assert seen and {d for _, d in seen} == {"tiny"}
+
+
+def test_bench_decoder_tiny_without_one_exits_2(tmp_path):
+    from mindvideo.checkpoint import build_random_checkpoint
+
+    ckpt = build_random_checkpoint(tmp_path / "ckpt", "tiny")
+    out = tmp_path / "x.json"
+    args = ["bench", "--checkpoint", str(ckpt), "--decoder", "tiny", "--repeats", "1", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and result.output.startswith("error: expected a tiny_decoder/ folder"), result.output
+    assert "mindvideo train tiny-decoder" in result.output and not out.exists()
