@@ -102,8 +102,9 @@ def eval_command(pred: Path, gt: Path, out: Path, overwrite: bool, classifier: P
                  keep_scene_cuts: bool, one_per_scene: bool, n_ways: tuple[int, ...], top_k: int, trials: int,
                  seed: int, rank_by: str, fps: float, device: str | None, progress: bool) -> None:  # fmt: skip
     """Score reconstructed clips against the ground truth and write a report folder: metrics.json, report.md
-    (our numbers beside the published MinD-Video table, SSIM convention named), best/median/worst clip grids
-    (GIF and PNG) and a bar plot (metrics.png). Nothing is written if anything fails.
+    (this run's numbers, SSIM convention named; the published Wen 2018 numbers apart, captioned as not comparable
+    unless this run scored that test set with the reference protocol), best/median/worst clip grids (GIF and PNG)
+    and a bar plot (metrics.png). Nothing is written if anything fails.
 
     Pixel metrics (colour and grey SSIM, PSNR) always run; n-way accuracy needs --classifier / --video-classifier,
     CLIP metrics need --clip. Models load from local folders only.

@@ -10,8 +10,8 @@ Every metric takes reconstructions and ground truth as ``(N, F, H, W, 3)`` uint8
 * CLIP — similarity to the ground truth and CLIP-pcc (adjacent-frame CLIP similarity) (:mod:`mindvideo.eval.clip`).
 
 :func:`evaluate` computes them all (with an optional scene-cut filter); :func:`write_report` writes ``metrics.json``,
-a Markdown table beside the published numbers, best/median/worst clip grids and a bar plot. ``mindvideo eval`` wraps
-both.
+a Markdown table (the published Wen 2018 numbers in a section of their own), best/median/worst clip grids and a bar
+plot. ``mindvideo eval`` wraps both.
 """
 
 from __future__ import annotations

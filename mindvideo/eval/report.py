@@ -3,13 +3,14 @@
 ``out/`` holds
 
 * ``metrics.json`` — the metrics dict as is;
-* ``report.md`` — our numbers in the layout of the published MinD-Video / NeuroClips / NEURONS table (REFERENCE.md
-  §4; Wen 2018 test set, mean of subjects) with those rows beside ours, the SSIM convention named, a per-frame-position
-  table and the protocol settings;
+* ``report.md`` — this run's numbers (every computed n-way, SSIM in both conventions named, CLIP-pcc), the protocol
+  settings, a per-frame-position table, and, in a section of their own with a caption saying when they are comparable,
+  the published MinD-Video / NeuroClips / NEURONS numbers on the Wen 2018 test set (never a row beside ours: on
+  simulated data or another test set they do not compare);
 * ``best.{gif,png}``, ``median.{gif,png}``, ``worst.{gif,png}`` — clips ranked by a per-clip score (colour SSIM by
   default), ground truth | reconstruction side by side (GIF: animated; PNG: ground-truth frames above
   reconstructed frames);
-* ``metrics.png`` — a bar plot of the table's columns, ours beside the published values (matplotlib).
+* ``metrics.png`` — a bar plot of this run's columns with their std and the chance levels (matplotlib).
 
 The folder is written atomically: on any error nothing (not even a partial folder) is left at ``out``. ``out`` must
 be new or empty, or (with ``overwrite``) an earlier report (:func:`mindvideo.fsutil.check_output_folder`).
@@ -29,7 +30,8 @@ from mindvideo.fsutil import atomic_folder
 
 log = logging.getLogger(__name__)
 
-# REFERENCE.md §4, Wen 2018 test set, mean of subjects ("~": secondary source, not verified against the paper).
+# Published results on the Wen 2018 test set, mean of subjects ("~": secondary source, not verified against the paper):
+# MinD-Video ("Cinematic Mindscapes", NeurIPS 2023), NeuroClips (NeurIPS 2024), NEURONS (ICCV 2025).
 COLUMNS = ("video 2-way", "video 50-way", "frame 2-way", "frame 50-way", "SSIM", "CLIP-pcc")
 PUBLISHED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("MinD-Video (2023)", ("0.839", "0.197", "0.796", "~0.17", "~0.17 (colour)", "0.408")),
@@ -74,18 +76,27 @@ def write_report(
 # --------------------------------------------------------------------------------------------------- numbers
 
 
+PUBLISHED_CAPTION = (
+    'Published numbers on the **Wen 2018 test set** (mean of subjects; "~" = secondary source, not verified against '
+    "the paper), measured with the reference protocol: ImageNet ViT-B/16 frame and VideoMAE Kinetics-400 video "
+    "classifiers, true classes = the classifier's top-3 on the ground truth, colour SSIM at 256². They are shown "
+    "for orientation and are **not comparable** with this run unless it scored that test set with that protocol; "
+    "numbers on simulated data, another dataset, known labels or another classifier do not compare with them."
+)
+
+
 def ours(metrics: dict[str, Any]) -> dict[str, tuple[float, float] | None]:
-    """Our (mean, std) per table column, ``None`` where not computed (SSIM: the colour convention)."""
-    video, frame = metrics.get("video_nway") or {}, metrics.get("frame_nway") or {}
-    values = (
-        _pair(video.get("2")),
-        _pair(video.get("50")),
-        _pair(frame.get("2")),
-        _pair(frame.get("50")),
-        _pair(metrics.get("ssim_colour")),
-        _pair(metrics.get("clip_pcc")),
-    )
-    return dict(zip(COLUMNS, values))
+    """This run's (mean, std) per column — every computed video and frame n-way, colour and grey SSIM, CLIP-pcc —
+    ``None`` where not computed."""
+    columns: dict[str, tuple[float, float] | None] = {}
+    for level in ("video", "frame"):
+        for n, entry in (metrics.get(f"{level}_nway") or {}).items():
+            if "mean" in entry:
+                columns[f"{level} {n}-way"] = _pair(entry)
+    columns["SSIM (colour)"] = _pair(metrics.get("ssim_colour"))
+    columns["SSIM (grey)"] = _pair(metrics.get("ssim_grey"))
+    columns["CLIP-pcc"] = _pair(metrics.get("clip_pcc"))
+    return columns
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
@@ -108,15 +119,6 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _cell(value: tuple[float, float] | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
-
-
-def published_value(cell: str) -> float | None:
-    """``"~0.17 (colour)"`` → 0.17; ``"–"`` → None."""
-    token = cell.replace("~", "").split(" ")[0]
-    try:
-        return float(token)
-    except ValueError:
-        return None
 
 
 def rank_clips(per_clip: dict[str, Any], rank_by: str, k: int) -> dict[str, list[int]]:
@@ -154,7 +156,7 @@ def markdown(metrics: dict[str, Any], groups: dict[str, list[int]], rank_by: str
         )
         + f"; {video['frames']} frames of {video['height']}×{video['width']} per clip.",
         "",
-        "## Compared with published results",
+        "## This run",
         "",
         *_main_table(metrics),
         "",
@@ -171,29 +173,32 @@ def markdown(metrics: dict[str, Any], groups: dict[str, list[int]], rank_by: str
         *_clip_section(metrics, groups, rank_by),
     ]
     if plotted:
-        lines += ["", "## Plot", "", "![metrics](metrics.png)"]
+        lines += ["", "## Plot", "", "![metrics](metrics.png)", ""]
+    lines += ["## Published results (Wen 2018 test set)", "", *_published_section(metrics)]
     return "\n".join(lines) + "\n"
 
 
 def _main_table(metrics: dict[str, Any]) -> list[str]:
     mine = ours(metrics)
-    grey = metrics["ssim_grey"]
-    ssim_cell = f"{_cell(mine['SSIM'])} (colour) / {grey['mean']:.3f} ± {grey['std']:.3f} (grey)"
-    cells = [_cell(mine[c]) for c in COLUMNS[:4]] + [ssim_cell, _cell(mine["CLIP-pcc"])]
-    rows = [f"| {name} | {' | '.join(values)} |" for name, values in PUBLISHED]
     return [
-        f"| Wen 2018 test, mean of subjects | {' | '.join(COLUMNS)} |",
-        "|" + "---|" * (len(COLUMNS) + 1),
-        *rows,
-        f"| **{OURS}** | {' | '.join(cells)} |",
+        f"| | {' | '.join(mine)} |",
+        "|" + "---|" * (len(mine) + 1),
+        f"| **{OURS}** | {' | '.join(_cell(v) for v in mine.values())} |",
     ]
+
+
+def _published_section(metrics: dict[str, Any]) -> list[str]:
+    """The published table under its caption, and why this run does not compare when its settings say so."""
+    lines = [PUBLISHED_CAPTION, ""]
+    if metrics["settings"].get("true_classes") == "labels":
+        lines += ["This run took known labels as the true classes (chance 1/n): another protocol, not comparable.", ""]
+    lines += [f"| Wen 2018 test, mean of subjects | {' | '.join(COLUMNS)} |", "|" + "---|" * (len(COLUMNS) + 1)]
+    return lines + [f"| {name} | {' | '.join(values)} |" for name, values in PUBLISHED]
 
 
 def _notes(metrics: dict[str, Any]) -> list[str]:
     s = metrics["settings"]
     notes = [
-        'Published rows: REFERENCE.md §4 ("~" = secondary source, not verified against the paper). Ours: the clips '
-        "given to this run, not necessarily the same subjects or test set.",
         f"- **SSIM**: {metrics['ssim_colour']['convention']} — the convention of MinD-Video's published number; "
         f"{metrics['ssim_grey']['convention']} — compare this one with later papers. ± = std over all evaluated "
         "frames (per clip for CLIP-pcc).",
@@ -315,36 +320,29 @@ def write_grid(pred: np.ndarray, gt: np.ndarray, stem: Path, *, fps: float = 3.0
 
 
 def write_bar_plot(metrics: dict[str, Any], path: Path) -> bool:
-    """Grouped bars per table column: the published rows and ours (with its std as an error bar). Returns ``False``
-    (and logs a warning) when matplotlib is not installed."""
+    """This run's columns (:func:`ours`) as bars with their std, chance levels marked on the n-way bars. Returns
+    ``False`` (and logs a warning) when matplotlib is not installed."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         log.warning("matplotlib is not installed; skipping %s (pip install matplotlib)", path.name)
         return False
-    series = [(name, [published_value(v) for v in values], None) for name, values in PUBLISHED]
-    mine = ours(metrics)
-    series.append((OURS, [v[0] if v else None for v in mine.values()], [v[1] if v else 0.0 for v in mine.values()]))
-    figure = Figure(figsize=(10, 4.5), dpi=100)
+    columns = {name: value for name, value in ours(metrics).items() if value is not None}
+    figure = Figure(figsize=(max(5.0, 1.1 * len(columns) + 1.5), 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    width, x = 0.8 / len(series), np.arange(len(COLUMNS))
-    for i, (name, values, errors) in enumerate(series):
-        heights = np.array([np.nan if v is None else v for v in values], dtype=float)
-        axes.bar(
-            x + (i - (len(series) - 1) / 2) * width,
-            heights,
-            width,
-            label=name,
-            yerr=errors,
-            capsize=3 if errors else 0,
-        )
-    axes.set_xticks(x, [c if c != "SSIM" else "SSIM (ours: colour)" for c in COLUMNS])
-    axes.set_ylim(0, 1.22)
+    x = np.arange(len(columns))
+    axes.bar(x, [v[0] for v in columns.values()], 0.6, yerr=[v[1] for v in columns.values()], capsize=3)
+    ways = [(i, name.split()[1].removesuffix("-way")) for i, name in enumerate(columns) if name.endswith("-way")]
+    chance = [(i, _chance(metrics, n)) for i, n in ways if _chance(metrics, n) is not None]
+    if chance:
+        axes.scatter(*zip(*chance), marker="_", s=600, color="black", zorder=3, label="chance")
+        axes.legend(fontsize=8, frameon=False)
+    axes.set_xticks(x, list(columns), rotation=20)
+    axes.set_ylim(min(0.0, *(v[0] - v[1] for v in columns.values())), 1.1)
     axes.set_ylabel("score")
-    axes.set_title("Wen 2018 published results (mean of subjects) vs this run")
-    axes.legend(fontsize=8, ncols=len(series), loc="upper center", frameon=False)
+    axes.set_title(f"this run: {metrics['clips']['evaluated']} clips")
     figure.tight_layout()
     figure.savefig(path)
     return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import imageio.v3 as iio
 import numpy as np
@@ -56,10 +57,18 @@ def test_writes_the_report_with_all_metrics(arrays, models, tmp_path):
         assert 0.0 <= metrics[key]["50"]["mean"] <= 1.0 and metrics[key]["2"]["chance"] == 0.75
     assert metrics["clip_pcc"]["mean"] is not None and metrics["settings"]["classifier"] == str(models["vit"])
     report = (out / "report.md").read_text()
+    ours, published = report.split("## Published results (Wen 2018 test set)")
+    columns = ["video 2-way", "video 50-way", "frame 2-way", "frame 50-way", "SSIM (colour)", "SSIM (grey)"]
+    assert f"| | {' | '.join(columns)} | CLIP-pcc |" in ours and "| **mindvideo (this run)** | " in ours
+    assert f"| {metrics['ssim_colour']['mean']:.3f} ± {metrics['ssim_colour']['std']:.3f} | " in ours
+    assert "data_range 255, 7×7 uniform window" in ours and "σ 1.5" in ours and "0.839" not in ours
+    # the published Wen 2018 rows stand apart, under a caption saying when they compare, with no row of ours
     columns = ["video 2-way", "video 50-way", "frame 2-way", "frame 50-way", "SSIM", "CLIP-pcc"]
-    header = f"| Wen 2018 test, mean of subjects | {' | '.join(columns)} |"  # REFERENCE.md §4
-    assert header in report and "| MinD-Video (2023) | 0.839 |" in report and "**mindvideo (this run)**" in report
-    assert "(colour) / " in report and "data_range 255, 7×7 uniform window" in report and "σ 1.5" in report
+    assert f"| Wen 2018 test, mean of subjects | {' | '.join(columns)} |" in published
+    assert "| MinD-Video (2023) | 0.839 |" in published and "this run" not in published.split("| Wen 2018")[1]
+    assert "**not comparable** with this run unless it scored that test set with that protocol" in published
+    assert "known labels as the true classes" not in published  # top-3 true classes here
+    assert re.findall(r"[\w.-]+\.md\b", report) == []  # cites no file the package does not ship
     assert iio.imread(out / "best.gif", index=None).shape[0] == 4  # animated over the 4 frames
     assert iio.imread(out / "metrics.png").ndim == 3
     assert "SSIM (colour)" in result.stdout and "CLIP-pcc (adjacent-frame CLIP similarity)" in result.stdout
@@ -100,7 +109,13 @@ def test_folders_labels_and_a_pixel_classifier(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["frame_nway"]["5"]["mean"] > 0.9 and metrics["settings"]["true_classes"] == "labels"
     assert metrics["per_clip"]["name"] == [f"clip{i}" for i in range(6)]
-    assert "Chance level under this protocol: 2-way 0.500, 5-way 0.200" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Chance level under this protocol: 2-way 0.500, 5-way 0.200" in report
+    assert "| video 2-way | video 5-way | frame 2-way | frame 5-way |" in report  # every computed n-way is a column
+    published = report.split("## Published results (Wen 2018 test set)")[1]
+    assert "This run took known labels as the true classes (chance 1/n): another protocol, not comparable." in (
+        published
+    )
 
 
 def bad_inputs(tmp_path, clips, models):
