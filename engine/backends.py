@@ -143,7 +143,7 @@ class OnnxRuntimeBackend:
             raise MindVideoError(
                 "expected onnxruntime's CUDA execution provider",
                 f"providers {ort.get_available_providers()}",
-                "pip install mindvideo[gpu] and uninstall the CPU onnxruntime package",
+                'pip install -e ".[gpu]" in the mindvideo checkout, then pip uninstall -y onnxruntime (the CPU build)',
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

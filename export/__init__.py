@@ -17,7 +17,7 @@ Loading (the runtime's side)::
 Modules: :mod:`.spec` (ExportSpec), :mod:`.modules` (what is traced), :mod:`.graph` and :mod:`.rewrite` (ONNX
 export, cleanup, attention canonicalisation), :mod:`.verify` (onnxruntime vs PyTorch), :mod:`.onnx` (the export
 with its cache), :mod:`.manifest` (manifest.json, hashes, load checks), :mod:`.cache` (engine cache, keys,
-records), :mod:`.tensorrt` (engine builds; needs ``mindvideo[gpu]``).
+records), :mod:`.tensorrt` (engine builds; needs the ``gpu`` extra: ``pip install -e ".[gpu]"``).
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def cleanup(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         import onnx_graphsurgeon  # noqa: F401  (polygraphy needs it and would try to pip-install it otherwise)
         from polygraphy.backend.onnx import fold_constants
     except ImportError:
-        log.info("polygraphy / onnx-graphsurgeon not installed: graph cleanup skipped (pip install mindvideo[gpu])")
+        log.info('polygraphy / onnx-graphsurgeon not installed: graph cleanup skipped (pip install -e ".[gpu]")')
         return model, "none (polygraphy or onnx-graphsurgeon absent)"
     before = len(model.graph.node)
     light, weights = _without_weights(model)

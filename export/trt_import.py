@@ -6,7 +6,7 @@ from types import ModuleType
 
 from mindvideo.errors import MindVideoError
 
-NOT_INSTALLED = "TensorRT is not installed: pip install mindvideo[gpu]"
+NOT_INSTALLED = 'TensorRT is not installed: pip install -e ".[gpu]" in the mindvideo checkout'
 
 
 def require_tensorrt() -> ModuleType:

@@ -38,7 +38,7 @@ TRT_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
     type=click.Choice(["onnx", "trt"]),
     default="onnx",
     show_default=True,
-    help="onnx: graphs only; trt: graphs, then TensorRT engines (needs mindvideo[gpu] and a GPU).",
+    help='onnx: graphs only; trt: graphs, then TensorRT engines (needs pip install -e ".[gpu]" and a GPU).',
 )
 @click.option(
     "--precision",

@@ -90,7 +90,7 @@ def test_failed_verification_writes_nothing(export_ckpt, tmp_path):
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks the path without it")
 def test_trt_without_tensorrt_exits_2_and_writes_nothing(export_ckpt, tmp_path):
     result = run_cli("export", "--checkpoint", export_ckpt, "--out", tmp_path / "out", "--format", "trt")
-    assert_user_error(result, "TensorRT is not installed: pip install mindvideo[gpu]")
+    assert_user_error(result, 'TensorRT is not installed: pip install -e ".[gpu]" in the mindvideo checkout')
     assert not list(tmp_path.iterdir())
 
 

@@ -141,7 +141,7 @@ def _cuda_driver():
         try:
             from cuda import cuda as driver
         except ImportError:
-            pytest.skip("cuda-python is not installed (pip install mindvideo[gpu])")
+            pytest.skip('cuda-python is not installed (pip install -e ".[gpu]")')
     return driver
 
 
