@@ -241,7 +241,7 @@ class NetworkShapes:
     cond_dim: int  # D (768 for SD-1.5)
     latent_channels: int  # 4
     unet_out_channels: int  # 4
-    vae_scale: int  # pixels per latent (8)
+    vae_scale: int  # pixels per latent: 2 ** (VAE levels - 1), 8 for SD
     image_channels: int  # 3
     default_latent: int  # the UNet's sample_size
     guidance_input: bool = False  # a distilled student: g is a UNet input
@@ -306,10 +306,12 @@ class SpecOptions:
 
 
 def latent_size(shapes: NetworkShapes, options: SpecOptions) -> tuple[int, int]:
-    """(h, w) of the latent; the image size must be a multiple of the VAE's scale (8)."""
+    """(h, w) of the latent; the image size (default: the UNet's ``sample_size`` latents) must be a positive multiple
+    of the VAE's scale, ``2 ** (len(block_out_channels) - 1)`` (8 for SD's VAE)."""
     default = shapes.default_latent * shapes.vae_scale
-    height, width = options.height or default, options.width or default
-    if height % shapes.vae_scale or width % shapes.vae_scale:
+    height = default if options.height is None else options.height
+    width = default if options.width is None else options.width
+    if height % shapes.vae_scale or width % shapes.vae_scale or height <= 0 or width <= 0:
         raise MindVideoError(
             f"expected an image size divisible by {shapes.vae_scale}", f"{height}×{width}", "pick e.g. 256×256"
         )

@@ -1,8 +1,10 @@
 """Component configs: one dataclass per network, a JSON round trip and a ``tiny()`` preset.
 
-Each config is a frozen-by-convention dataclass whose fields are JSON values. ``from_dict`` ignores keys it does
-not know (reference configs carry diffusers bookkeeping such as ``_class_name``) and reports nothing; ``load``
-raises :class:`~mindvideo.errors.MindVideoError` for a missing or unreadable file.
+Each config is a frozen-by-convention dataclass whose fields are JSON values. ``from_dict`` refuses keys it does not
+know with a :class:`~mindvideo.errors.MindVideoError` naming them (a misspelt or foreign setting would otherwise be
+dropped and the default used). Keys starting with ``_`` (diffusers bookkeeping such as ``_class_name``,
+``_diffusers_version``) and a config's own ``IGNORED_KEYS`` are skipped. ``load`` raises the same error type for a
+missing or unreadable file and names the file.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from mindvideo.errors import MindVideoError
 
@@ -21,21 +23,35 @@ C = TypeVar("C", bound="Config")
 class Config:
     """Base class: JSON round trip for a flat dataclass of JSON values."""
 
+    # keys a stored config may carry that this config reads no value from (besides ``_``-prefixed bookkeeping)
+    IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], **overrides: Any) -> C:
+        """The config of ``data`` (``overrides`` win); an unknown key raises :class:`MindVideoError`."""
+        return cls._strict_build({**data, **overrides}, "")
+
+    @classmethod
+    def _strict_build(cls: type[C], data: dict[str, Any], where: str) -> C:
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: _untuple(v) for k, v in {**data, **overrides}.items() if k in names}
-        return cls(**kwargs)
+        unknown = sorted(k for k in data if k not in names and not k.startswith("_") and k not in cls.IGNORED_KEYS)
+        if unknown:
+            raise MindVideoError(
+                f"expected only {cls.__name__} keys{where}",
+                f"unknown {', '.join(map(repr, unknown))}",
+                "remove or correct them (a newer mindvideo may have written them)",
+            )
+        return cls(**{k: _untuple(v) for k, v in data.items() if k in names})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls: type[C], path: str | Path, **overrides: Any) -> C:
-        return cls.from_dict(read_json(path), **overrides)
+        return cls._strict_build({**read_json(path), **overrides}, f" in {path}")
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)

@@ -243,17 +243,18 @@ def generation_size(
     """Validated (height, width) of ``cfg`` (``default`` where unset; multiples of the VAE ``factor``), with at least
     one frame and one step, a known scheduler and a decoder among the caller's ``decoders`` — the checks every
     generator shares."""
-    height, width = cfg.height or default[0], cfg.width or default[1]
+    height = default[0] if cfg.height is None else cfg.height  # 0 is a size (refused), not "unset"
+    width = default[1] if cfg.width is None else cfg.width
     if height % factor or width % factor or height <= 0 or width <= 0:
         raise MindVideoError(
             f"expected height and width to be positive multiples of {factor}", f"{height}×{width}", "pick e.g. 256×256"
         )
-    if cfg.num_frames < 1 or cfg.num_inference_steps < 1:
-        raise MindVideoError(
-            "expected at least 1 frame and 1 step",
-            f"frames={cfg.num_frames}, steps={cfg.num_inference_steps}",
-            "raise them",
-        )
+    counts = (("frame", "--frames", "num_frames"), ("denoising step", "--steps", "num_inference_steps"))
+    for what, flag, name in counts:
+        if getattr(cfg, name) < 1:
+            raise MindVideoError(
+                f"expected at least 1 {what} ({flag} / {name})", f"{flag} {getattr(cfg, name)}", f"raise {flag}"
+            )
     if cfg.scheduler not in SCHEDULERS:
         raise MindVideoError(f"expected a scheduler among {SCHEDULERS}", repr(cfg.scheduler), "pick one")
     if cfg.decoder not in decoders:

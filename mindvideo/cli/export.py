@@ -55,8 +55,19 @@ TRT_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
     help="VAE decoder (and tiny decoder). fp16 decoders overflow to NaN on many inputs; bf16 is TensorRT-only.",
 )
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17–20).")
-@click.option("--height", type=int, default=None, help="Video height in pixels (default: the UNet's sample_size × 8).")
-@click.option("--width", type=int, default=None, help="Video width in pixels (default: the UNet's sample_size × 8).")
+@click.option(
+    "--height",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Video height in pixels, a multiple of the VAE's factor f = 2^(len(block_out_channels) − 1) (8 for SD) "
+    "[default: the UNet's sample_size × f].",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Video width in pixels, a multiple of f [default: the UNet's sample_size × f].",
+)
 @click.option("--batch", default="1:2:4", show_default=True, help="MIN:OPT:MAX rows per UNet call (guidance doubles).")
 @click.option("--frames", default="1:8:16", show_default=True, help="MIN:OPT:MAX frames per clip.")
 @click.option(

@@ -38,6 +38,41 @@ PLAIN_DOWN = ("DownBlock2D", "DownBlock3D")
 CROSS_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock3D")
 PLAIN_UP = ("UpBlock2D", "UpBlock3D")
 MID = ("UNetMidBlock2DCrossAttn", "UNetMidBlock3DCrossAttn")
+# VideoUNetConfig fields kept for diffusers compatibility whose other values VideoUNet does not compute
+FIXED_FIELDS: dict[str, Any] = {"act_fn": "silu", "mid_block_scale_factor": 1.0}
+# diffusers UNet2DConditionModel settings VideoUNet does not implement: a stored config may carry them only with the
+# values that compute what VideoUNet computes (a per-block list: in every entry)
+DIFFUSERS_FIXED: dict[str, tuple[Any, ...]] = {
+    "center_input_sample": (False,),
+    "only_cross_attention": (False,),
+    "mid_block_only_cross_attention": (None, False),
+    "dual_cross_attention": (False,),
+    "upcast_attention": (False,),
+    "cross_attention_norm": (None,),
+    "attention_type": ("default",),
+    "transformer_layers_per_block": (1,),
+    "reverse_transformer_layers_per_block": (None,),
+    "resnet_time_scale_shift": ("default",),
+    "resnet_skip_time_act": (False,),
+    "resnet_out_scale_factor": (1.0,),
+    "dropout": (0.0,),
+    "conv_in_kernel": (3,),
+    "conv_out_kernel": (3,),
+    "time_embedding_type": ("positional",),
+    "time_embedding_dim": (None,),
+    "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,),
+    "time_cond_proj_dim": (None,),
+    "class_embed_type": (None,),
+    "num_class_embeds": (None,),
+    "class_embeddings_concat": (False,),
+    "projection_class_embeddings_input_dim": (None,),
+    "addition_embed_type": (None,),
+    "addition_time_embed_dim": (None,),
+    "encoder_hid_dim": (None,),
+    "encoder_hid_dim_type": (None,),
+}
+DIFFUSERS_UNUSED = ("addition_embed_type_num_heads",)  # read by diffusers only with an addition_embed_type
 
 
 @dataclasses.dataclass
@@ -97,6 +132,12 @@ class VideoUNetConfig(Config):
         return tuple(heads) if isinstance(heads, tuple) else (heads,) * len(self.down_block_types)
 
     def validate(self) -> None:
+        for key, supported in FIXED_FIELDS.items():
+            if getattr(self, key) != supported:
+                raise ValueError(f"{key}={getattr(self, key)!r} (supported: {supported!r})")
+        for key in ("layers_per_block", "cross_attention_dim", "norm_num_groups"):
+            if not isinstance(getattr(self, key), int):
+                raise ValueError(f"{key}={getattr(self, key)!r} (supported: one integer for every block)")
         for kind, names in (("down", self.down_block_types), ("up", self.up_block_types)):
             allowed = CROSS_DOWN + PLAIN_DOWN if kind == "down" else CROSS_UP + PLAIN_UP
             bad = [n for n in names if n not in allowed]
@@ -412,23 +453,22 @@ def load_unet(path: str | Path, **overrides: Any) -> VideoUNet:
 
 
 def _read_unet_config(path: Path, overrides: dict[str, Any]) -> VideoUNetConfig:
+    """Our config, or a diffusers/reference one whose settings VideoUNet does not implement hold the values that
+    compute the same network (anything else is refused by name); an unknown key is refused too."""
     data = read_json(path)
-    for key in ("class_embed_type", "num_class_embeds", "addition_embed_type", "encoder_hid_dim"):
-        if data.get(key) is not None:
+    for key, supported in DIFFUSERS_FIXED.items():
+        if key in data and not all(_is_one_of(v, supported) for v in _as_list(data[key])):
             raise MindVideoError(
-                f"expected an SD-1.x/2.x style UNet config in {path}",
-                f"{key}={data[key]!r}",
-                "this UNet variant is not supported",
+                f"expected a UNet config that VideoUNet implements (an SD-1.x-style UNet) in {path}",
+                f"{key}={data[key]!r} (supported: {' or '.join(map(repr, supported))})",
+                "VideoUNet does not compute this variant; use an SD-1.x-style UNet",
             )
-    if any(int(n) != 1 for n in _as_list(data.get("transformer_layers_per_block", 1))):
-        raise MindVideoError(
-            f"expected one transformer layer per block in {path}",
-            f"transformer_layers_per_block={data['transformer_layers_per_block']}",
-            "use an SD-1.x UNet",
-        )
+    data = {k: v for k, v in data.items() if k not in DIFFUSERS_FIXED and k not in DIFFUSERS_UNUSED}
     try:
         config = VideoUNetConfig.from_dict(data, **overrides)
         config.validate()
+    except MindVideoError as exc:  # an unknown key
+        raise MindVideoError(f"{exc.what} in {path}", exc.found, exc.fix) from None
     except (TypeError, ValueError) as exc:
         raise MindVideoError(f"expected a supported UNet config in {path}", str(exc), "fix config.json") from None
     return config
@@ -436,3 +476,8 @@ def _read_unet_config(path: Path, overrides: dict[str, Any]) -> VideoUNetConfig:
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _is_one_of(value: Any, supported: tuple[Any, ...]) -> bool:
+    """``value`` equals one of ``supported`` with a matching kind (``0`` is not ``False``, ``None`` not ``0``)."""
+    return any(value == s and isinstance(value, bool) == isinstance(s, bool) for s in supported)
