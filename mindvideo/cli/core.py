@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from mindvideo.errors import MindVideoError
-from mindvideo.sampling import SCHEDULERS, sampling_defaults
+from mindvideo.sampling import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +23,6 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
     width = max((len(k) for k, _ in rows), default=0)
     for key, value in rows:
         click.echo(f"  {key:<{width}}  {value}")
-
-
-def parse_range(text: str) -> tuple[int, int | None]:
-    """``"START:END"`` (either side may be empty) → (start, end or None)."""
-    start, sep, end = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return int(start or 0), int(end) if end else None
-    except ValueError:
-        raise MindVideoError("expected --trs as START:END, e.g. 10:14 or :", repr(text), "fix the range") from None
 
 
 @click.command()
@@ -56,13 +42,20 @@ def parse_range(text: str) -> tuple[int, int | None]:
     type=click.Path(path_type=Path),
     help="A raw run (NIfTI, CIFTI, .npy/.h5 (T, V)) read through the checkpoint's data_transform/ instead of --fmri.",
 )
-@click.option("--trs", default=":", show_default=True, help="With --scan: the window range START:END (TR indices).")
+@click.option(
+    "--trs",
+    default=":",
+    show_default=True,
+    help="With --scan (an error without): the window range START:END (TR indices).",
+)
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
     help="A prepared dataset (mindvideo data prepare): reconstruct every window of --split instead of --fmri.",
 )
-@click.option("--split", default="test", show_default=True, help="With --data: the split to reconstruct.")
+@click.option(
+    "--split", default="test", show_default=True, help="With --data (an error without): the split to reconstruct."
+)
 @click.option("--max-clips", type=click.IntRange(min=1), help="With --data: only the first N windows.")
 @click.option(
     "--batch-size",
@@ -83,18 +76,26 @@ def parse_range(text: str) -> tuple[int, int | None]:
 @click.option(
     "--negative-fmri",
     type=click.Path(path_type=Path),
-    help="Negative window for adversarial guidance [default: mean of --fmri; with --data the split's mean].",
+    help="Negative window for adversarial guidance [default: with --data the split's negative_fmri.npy, else the "
+    "checkpoint's data_transform/ mean training window, else the mean of the input windows]. The one used is "
+    "printed and recorded in OUT.json.",
 )
 @click.option(
     "--frames",
-    type=int,
+    type=click.IntRange(min=1),
     help="Frames per clip (6 = 3 FPS for a 2-s TR; 60 = 30 FPS) [default: 6; --eval: the split's].",
 )
 @click.option(
-    "--height", type=int, help="Output height, a multiple of 8 [default: the UNet's native size; --eval: the split's]."
+    "--height",
+    type=click.IntRange(min=1),
+    help="Output height, a multiple of the VAE's factor (8 for SD) [default: the UNet's native size; --eval: the "
+    "split's].",
 )
 @click.option(
-    "--width", type=int, help="Output width, a multiple of 8 [default: the UNet's native size; --eval: the split's]."
+    "--width",
+    type=click.IntRange(min=1),
+    help="Output width, a multiple of the VAE's factor (8 for SD) [default: the UNet's native size; --eval: the "
+    "split's].",
 )
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps [default: 50; 4 with --scheduler lcm].")
 @click.option(
@@ -116,8 +117,19 @@ def parse_range(text: str) -> tuple[int, int | None]:
     "~1/28 of the VAE's FLOPs with less detail (engine backends: the export's tiny_decoder graph or engine).",
 )
 @click.option("--seed", default=3407, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Precision of the pytorch and torch backends; onnxruntime/tensorrt run the export's: another is refused.",
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="cpu, cuda, cuda:1 … (onnxruntime: cpu or cuda; tensorrt: its GPU, cuda; others are refused).",
+)
 @click.option("--fps", type=float, help="Frame rate of .mp4/.gif output [default: frames / 2 s].")
 @click.option(
     "--backend",
@@ -141,40 +153,13 @@ def parse_range(text: str) -> tuple[int, int | None]:
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output .mp4, .gif or .npy ((B, 3, F, H, W) floats in [0, 1]).",
+    help="Output .mp4, .gif or .npy ((B, 3, F, H, W) floats in [0, 1]); OUT.json records the settings.",
 )
-def generate(
-    checkpoint,
-    fmri_path,
-    scan,
-    trs,
-    data,
-    split,
-    max_clips,
-    batch_size,
-    eval_out,
-    classifier,
-    video_classifier,
-    clip_model,
-    labels,
-    negative_fmri,
-    frames,
-    height,
-    width,
-    steps,
-    guidance,
-    scheduler,
-    decoder,
-    seed,
-    dtype,
-    device,
-    fps,
-    backend,
-    engine,
-    loop,
-    out,
-):
+def generate(**options):
     """Reconstruct video from fMRI windows with a checkpoint.
+
+    Prints the clips' shape, the time taken, the files written (the videos and OUT.json, which records the inputs,
+    the model and the settings) and which negative condition the guidance used.
 
     \b
     Examples:
@@ -186,170 +171,19 @@ def generate(
       mindvideo generate --checkpoint CKPT --data prepared/ --split test --batch-size 8 --out recon.npy \\
           --eval report/ --classifier models/vit-base-patch16-224
     """
-    from mindvideo.media import check_video_path, read_fmri_array, write_video, write_videos
-    from mindvideo.pipeline import GenerationConfig, MindVideoPipeline, scan_windows
+    from click.core import ParameterSource
 
-    out = check_video_path(out)
-    if sum(x is not None for x in (fmri_path, scan, data)) != 1:
-        raise MindVideoError("expected exactly one of --fmri, --scan or --data", "none or several", "pass one input")
-    if data is None and (eval_out is not None or max_clips is not None):
-        raise MindVideoError("expected --data with --eval / --max-clips", "no --data", "pass a prepared dataset")
-    extras = {
-        "--classifier": classifier,
-        "--video-classifier": video_classifier,
-        "--clip": clip_model,
-        "--labels": labels,
-    }
-    if eval_out is None and any(v is not None for v in extras.values()):
-        named = ", ".join(k for k, v in extras.items() if v is not None)
-        raise MindVideoError("expected --eval REPORT with the evaluation options", named, "add --eval report/")
-    first, last = parse_range(trs)
-    explicit_negative = negative_fmri is not None
-    fmri = None if fmri_path is None else read_fmri_array(fmri_path)
-    if fmri is not None and fmri.ndim == 3 and fmri.shape[0] == 0:
-        raise MindVideoError(f"expected at least one fMRI window in {fmri_path}", "shape (0, …)", "check the file")
-    gt = None
-    if data is not None:
-        fmri, gt, split_negative = prepared_split(data, split, max_clips, need_video=eval_out is not None)
-        negative_fmri = negative_fmri or split_negative
-        if gt is not None:
-            frames, height, width = frames or gt.shape[1], height or gt.shape[2], width or gt.shape[3]
-    negative = None if negative_fmri is None else read_fmri_array(negative_fmri)
-    label_array = None
-    if eval_out is not None:
-        from mindvideo.eval.evaluate import check_model_folders
+    from mindvideo.cli import generation as steps
 
-        check_model_folders({"frame_classifier": classifier, "video_classifier": video_classifier, "clip": clip_model})
-        if labels is not None:
-            label_array = _labels(labels, len(gt), split_length(data, split))
-    cfg = GenerationConfig(
-        num_frames=frames or 6,
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        scheduler=scheduler,
-        seed=seed,
-        decoder=decoder,
-    )
-    if gt is not None:
-        _check_matches_truth(cfg, gt)
-    if backend == "pytorch" and loop != "auto":
-        raise MindVideoError(
-            "expected an engine backend (torch, onnxruntime, tensorrt) with --loop",
-            "--backend pytorch",
-            "add --backend torch",
-        )
-    if backend == "pytorch":
-        if checkpoint is None:
-            raise MindVideoError("expected --checkpoint for the pytorch backend", "none", "pass the checkpoint folder")
-        model = MindVideoPipeline.from_pretrained(checkpoint, dtype=dtype, device=device)
-    else:
-        from mindvideo.engine.runtime import load_runtime
-
-        model = load_runtime(backend, checkpoint=checkpoint, engine=engine, device=device, dtype=dtype, loop=loop)
-    # settings left unset follow the model: a distilled student names its schedulers and g range
-    facts = getattr(model, "unet_facts", None) or model.unet.config
-    scheduler, steps, guidance = sampling_defaults(facts, scheduler, steps, guidance)
-    cfg = dataclasses.replace(cfg, scheduler=scheduler, num_inference_steps=steps, guidance_scale=guidance)
-    if facts.guidance_embedding:  # a student's negative was fixed at distillation
-        if negative is not None and explicit_negative:
-            log.warning("a distilled student ignores --negative-fmri (its negative was fixed at distillation)")
-        negative = None
-    if scan is not None:
-        fmri = scan_windows(model.transform, scan, first, last)
-    if batch_size is None:
-        batch_size = 8 if data is not None else 0
-    start = time.perf_counter()
-    output = "float" if out.suffix == ".npy" else "uint8"
-    video = _generate_batches(model, fmri, negative, cfg, batch_size, output)
-    seconds = time.perf_counter() - start
-    rows = [("clips", str(video.shape[0])), ("shape", str(tuple(video.shape))), ("seconds", f"{seconds:.2f}")]
-    # the reconstructions are written first: a failing evaluation must not throw away the generation
-    if out.suffix == ".npy":
-        paths = [write_video(out, video)]
-    else:
-        paths = write_videos(out, video, fps or cfg.num_frames / 2.0)
-    rows.append(("written", ", ".join(map(str, paths))))
-    if gt is not None:
-        from mindvideo.eval.evaluate import evaluate_videos
-        from mindvideo.eval.report import summary_rows
-
-        clips = video if output == "uint8" else np.round(video.transpose(0, 2, 3, 4, 1) * 255).astype(np.uint8)
-        metrics = evaluate_videos(
-            clips, gt, eval_out, classifier=classifier, video_classifier=video_classifier, clip=clip_model,
-            device=device, labels=label_array, sources={"pred": str(out), "gt": str(data)},
-        )  # fmt: skip
-        rows += [*summary_rows(metrics), ("report", str(eval_out))]
-    print_table(rows)
-
-
-def prepared_split(data: Path, split: str, max_clips: int | None, need_video: bool):
-    """(fmri windows, ground-truth video or None, the split's negative_fmri.npy) of a prepared dataset split."""
-    folder = Path(data) / split
-    if not (folder / "fmri.npy").is_file():
-        raise MindVideoError(
-            f"expected a prepared dataset split with {split}/fmri.npy", f"none in {data}", "check --data and --split"
-        )
-    fmri = np.load(folder / "fmri.npy", mmap_mode="r")[:max_clips]
-    if len(fmri) == 0:
-        raise MindVideoError(f"expected fMRI windows in {folder / 'fmri.npy'}", "an empty split", "check --split")
-    video = None
-    if need_video:
-        if not (folder / "video.npy").is_file():
-            raise MindVideoError(
-                f"expected {split}/video.npy in {data} to evaluate against",
-                "no stimulus video in the prepared split",
-                "prepare the dataset with its videos (without --no-video), or drop --eval",
-            )
-        video = np.load(folder / "video.npy", mmap_mode="r")[:max_clips]
-    negative = folder / "negative_fmri.npy"
-    return np.array(fmri), None if video is None else np.array(video), negative if negative.is_file() else None
-
-
-def _labels(path: Path, clips: int, windows: int) -> np.ndarray:
-    """``--labels``: one per evaluated clip, or one per window of the whole split (then cut like the windows)."""
-    from mindvideo.eval.evaluate import read_labels
-
-    try:
-        return read_labels(path, clips)
-    except MindVideoError:
-        if windows == clips:
-            raise
-    try:
-        return read_labels(path, windows)[:clips]
-    except MindVideoError:
-        raise MindVideoError(
-            f"expected {clips} labels (the evaluated clips) or {windows} (every window of the split) in {path}",
-            "another count",
-            "pass one integer label per clip",
-        ) from None
-
-
-def split_length(data: Path, split: str) -> int:
-    """Windows in a prepared split (read from the .npy header only)."""
-    return int(np.load(Path(data) / split / "fmri.npy", mmap_mode="r").shape[0])
-
-
-def _check_matches_truth(cfg, gt: np.ndarray) -> None:
-    if (cfg.num_frames, cfg.height, cfg.width) != gt.shape[1:4]:
-        raise MindVideoError(
-            f"expected clips shaped like the ground truth (frames, height, width) = {gt.shape[1:4]} to evaluate",
-            f"{(cfg.num_frames, cfg.height, cfg.width)} from --frames/--height/--width",
-            "leave --frames/--height/--width unset with --eval, or prepare the data at the model's size",
-        )
-
-
-def _generate_batches(model, fmri: np.ndarray, negative, cfg, batch_size: int, output: str) -> np.ndarray:
-    """Every window in batches of ``batch_size`` (0 = one call); each call draws its noise from ``cfg.seed``. A
-    negative with one window per input is cut like the inputs."""
-    size = batch_size or len(fmri)
-    per_window = negative is not None and np.ndim(negative) == 3 and len(negative) == len(fmri) > 1
-    parts = [
-        model(fmri[i : i + size], negative[i : i + size] if per_window else negative, cfg, output=output)
-        for i in range(0, len(fmri), size)
-    ]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    ctx = click.get_current_context()
+    given = frozenset(name for name in options if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT)
+    opts = steps.GenerateOptions(**options, given=given)
+    steps.check_options(opts)
+    request = steps.resolve_request(opts)
+    model = steps.load_model(opts)
+    request = steps.finish_request(model, request, opts)
+    print_table(steps.write_and_score(model, request, opts))
+    click.echo(f"negative condition: {request.negative_note['text']}")
 
 
 @click.command()

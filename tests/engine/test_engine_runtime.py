@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -109,6 +110,29 @@ def test_cli_backends_agree(ckpt, engine_dir, fmri, tmp_path):
         outs[backend] = np.load(out)
     assert relative(outs["torch"], outs["pytorch"]) <= 1e-5
     assert relative(outs["onnxruntime"], outs["pytorch"]) <= 1e-4
+
+
+def test_cli_names_the_negative_an_export_uses(ckpt, engine_dir, fmri, tmp_path):
+    """Without --checkpoint an export's backend reads no data transform: the negative is the mean of the inputs, and
+    generate says so on the console and in OUT.json; the video is the one that negative gives. An explicit --dtype
+    equal to the export's precision is accepted."""
+    np.save(tmp_path / "f.npy", fmri)
+    out = tmp_path / "x.npy"
+    args = ["generate", "--backend", "onnxruntime", "--engine", engine_dir, "--fmri", tmp_path / "f.npy", "--dtype"]
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "fp32", "--frames", 2, "--steps", 2, "--out", out]])
+    assert result.exit_code == 0, result.output
+    line = "negative condition: the mean of the input windows; without --checkpoint no data_transform/ is read"
+    assert line in result.output
+    record = json.loads((tmp_path / "x.npy.json").read_text())
+    assert record["negative_condition"]["source"] == "input_mean" and record["model"]["engine"] == str(engine_dir)
+    assert (record["settings"]["dtype"], record["settings"]["device"]) == ("fp32", "cpu")
+    cfg = GenerationConfig(num_frames=2, num_inference_steps=2)
+    expected = Runtime(OnnxRuntimeBackend(engine_dir))(fmri, fmri.mean(0), cfg, output="float")
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+    again = [*args[:-1], "--checkpoint", ckpt, "--frames", 1, "--steps", 1, "--out", out]
+    result = CliRunner().invoke(main, [str(a) for a in again])
+    assert result.exit_code == 0, result.output
+    assert "the mean of the input windows (the checkpoint has no data_transform/)" in result.output
 
 
 def test_shape_outside_the_profile_is_refused(engine_dir, fmri):

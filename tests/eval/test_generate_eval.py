@@ -69,6 +69,38 @@ def test_batches_equal_separate_calls_with_the_split_negative(setup, tmp_path):
     np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
 
 
+def test_negative_condition_of_the_split_and_of_the_data_transform(setup, tmp_path):
+    """generate names the negative it used (console and OUT.json): the split's negative_fmri.npy with --data, else the
+    checkpoint's data transform mean window on the pipeline and on the engine's torch backend alike."""
+    ckpt, prep = setup
+    result = generate(ckpt, "--data", prep, "--max-clips", 2, "--frames", 2, "--out", tmp_path / "d.npy")
+    assert result.exit_code == 0, result.output
+    split_negative = prep / "test" / "negative_fmri.npy"
+    assert f"negative condition: the prepared split's negative_fmri.npy ({split_negative})" in result.output
+    record = json.loads((tmp_path / "d.npy.json").read_text())
+    assert record["negative_condition"] == {
+        "source": "split",
+        "path": str(split_negative),
+        "text": f"the prepared split's negative_fmri.npy ({split_negative})",
+    }
+    assert record["input"] == {"data": str(prep), "split": "test"} and record["windows"] == 2
+    windows = np.load(prep / "test" / "fmri.npy")[:2]
+    np.save(tmp_path / "w.npy", windows)
+    line = f"negative condition: the mean training window of {ckpt / 'data_transform'}"
+    for backend in ("pytorch", "torch"):
+        out = tmp_path / f"{backend}.npy"
+        result = generate(ckpt, "--fmri", tmp_path / "w.npy", "--frames", 2, "--backend", backend, "--out", out)
+        assert result.exit_code == 0 and line in result.output, result.output
+        assert json.loads((tmp_path / f"{backend}.npy.json").read_text())["negative_condition"]["source"] == (
+            "data_transform"
+        )
+    negative = FMRITransform.load(ckpt / "data_transform").negative_fmri
+    cfg = GenerationConfig(num_frames=2, num_inference_steps=2, guidance_scale=3.0, seed=3407)
+    expected = MindVideoPipeline.from_pretrained(ckpt)(windows, negative, cfg, output="float")
+    np.testing.assert_allclose(np.load(tmp_path / "pytorch.npy"), expected, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "torch.npy"), expected, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
