@@ -10,8 +10,8 @@ simulated fMRI of procedural clips from 10 semantic classes. On the held-out tes
 3. scores both with the evaluation protocol (:mod:`mindvideo.eval`): n-way top-1 semantic accuracy at frame and
    video level with the known clip classes as the true classes (chance 1/n) and a pixel classifier trained on the
    training frames, plus SSIM and PSNR;
-4. writes side-by-side ground truth | reconstruction | ridge GIFs and an MP4 of all clips, ``metrics.json``,
-   ``pred.npy`` / ``gt.npy`` (for ``mindvideo eval``).
+4. writes side-by-side ground truth | reconstruction | ridge GIFs (a header strip names the columns) and an MP4 of
+   all clips, ``metrics.json``, ``pred.npy`` / ``gt.npy`` / ``labels.npy`` (for ``mindvideo eval``).
 
 :func:`export_assets` packages a recipe run as those assets (after :func:`mindvideo.train.recipe.calibrate` has
 fitted the classifier and chosen the guidance scale on the first test segment, which the demo never scores).
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 N_WAYS = (2, 5, 10)
 BASELINE_SIZE = 8  # the ridge decoder predicts 8×8 frames, upsampled for scoring (a common pixel baseline)
 DISPLAY_SCALE = 4  # GIF/MP4 frames are enlarged (nearest neighbour) so 32-pixel clips are visible
+COLUMN_LABELS = ("truth", "reconstruction", "ridge")  # the header strip over the GIF/MP4 columns
+HEADER_HEIGHT = 16  # pixels of that strip, at display scale
+GRID_PAD = 2  # pixels between clips in a grid, before enlarging
 COMMAND = "demo"
 ASSETS_COMMAND = "train recipe --export-assets"
 
@@ -185,8 +188,10 @@ def write_outputs(folder: Path, test: dict[str, np.ndarray], recon: np.ndarray, 
     fps = recon.shape[1] / 2.0  # the frames of one 2-s TR
     (folder / "clips").mkdir()
     for i, (gt, rec, rid) in enumerate(zip(test["video"], recon, ridge)):
-        write_video(folder / "clips" / f"clip_{i:03d}.gif", _enlarge(video_grid([[gt, rec, rid]])), fps=fps)
-    grid = _enlarge(video_grid([[gt, rec, rid] for gt, rec, rid in zip(test["video"], recon, ridge)]))
+        clip = label_columns(_enlarge(video_grid([[gt, rec, rid]], GRID_PAD)), COLUMN_LABELS)
+        write_video(folder / "clips" / f"clip_{i:03d}.gif", clip, fps=fps)
+    rows = [[gt, rec, rid] for gt, rec, rid in zip(test["video"], recon, ridge)]
+    grid = label_columns(_enlarge(video_grid(rows, GRID_PAD)), COLUMN_LABELS)
     write_video(folder / "all_clips.gif", grid, fps=fps)
     if mp4:
         write_video(folder / "all_clips.mp4", grid, fps=fps)
@@ -200,16 +205,55 @@ def _enlarge(video: np.ndarray, factor: int = DISPLAY_SCALE) -> np.ndarray:
     return video.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
+def label_columns(video: np.ndarray, labels: tuple[str, ...], pad: int = GRID_PAD * DISPLAY_SCALE) -> np.ndarray:
+    """``video`` ``(F, H, W, 3)``, a grid of ``len(labels)`` equal columns separated by ``pad``-pixel gutters, under
+    a white ``HEADER_HEIGHT``-pixel strip with each column's label centred over it (PIL's default font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    frames, _, width, _ = video.shape
+    try:
+        font = ImageFont.load_default(size=12)
+    except (TypeError, OSError):  # an older Pillow, or one without FreeType: the built-in bitmap font
+        font = ImageFont.load_default()
+    strip = Image.new("RGB", (width, HEADER_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    cell = (width - pad) / len(labels)  # one clip and the gutter after it
+    for j, text in enumerate(labels):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x = pad + j * cell + (cell - pad) / 2 - (right - left) / 2 - left  # centred over column j
+        draw.text((x, (HEADER_HEIGHT - (bottom - top)) / 2 - top), text, "black", font)
+    header = np.broadcast_to(np.asarray(strip, np.uint8), (frames, HEADER_HEIGHT, width, 3))
+    return np.concatenate([header, video], axis=1)
+
+
+SUMMARY_HEADER = ("metric", "reconstruction", "ridge", "ground truth (upper bound)", "chance")
+
+
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, reconstruction, ridge, chance) rows for the CLI table."""
+    """(metric, reconstruction, ridge, chance) rows; :func:`summary_table` adds the ground-truth column."""
+    return [(name, rec, rid, chance) for name, rec, rid, _, chance in _summary(metrics)]
+
+
+def summary_table(metrics: dict[str, Any]) -> list[str]:
+    """The CLI table: :data:`SUMMARY_HEADER` and one aligned line per metric, with the ground-truth clips scored the
+    same way (``metrics["ground_truth"]``: what a perfect reconstruction would get, the classifier's ceiling)."""
+    rows = [SUMMARY_HEADER, *_summary(metrics)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]
+    return ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _summary(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(metric, reconstruction, ridge, ground truth, chance) rows (the ground truth's PSNR is the cap: "–")."""
+    decoders = ("reconstruction", "ridge", "ground_truth")
     rows = []
     for level in ("video_nway", "frame_nway"):
         for n in metrics["n_ways"]:
             name = f"{level.split('_')[0]} {n}-way top-1"
-            values = [metrics[k][level][str(n)] for k in ("reconstruction", "ridge")]
-            rows.append((name, f"{values[0]:.3f}", f"{values[1]:.3f}", f"{metrics['chance'][str(n)]:.3f}"))
+            values = [f"{metrics[k][level][str(n)]:.3f}" for k in decoders]
+            rows.append((name, *values, f"{metrics['chance'][str(n)]:.3f}"))
     for key, label in (("ssim_colour", "SSIM (colour)"), ("psnr", "PSNR (dB)")):
-        rows.append((label, f"{metrics['reconstruction'][key]:.3f}", f"{metrics['ridge'][key]:.3f}", "–"))
+        values = ["–" if (k, key) == ("ground_truth", "psnr") else f"{metrics[k][key]:.3f}" for k in decoders]
+        rows.append((label, *values, "–"))
     return rows
 
 
