@@ -73,6 +73,7 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
 @click.option("--video-classifier", type=click.Path(path_type=Path), help="With --eval: video classifier folder.")
 @click.option("--clip", "clip_model", type=click.Path(path_type=Path), help="With --eval: CLIPModel folder.")
 @click.option("--labels", type=click.Path(path_type=Path), help="With --eval: known class per clip (.npy/.txt).")
+@click.option("--overwrite", is_flag=True, help="With --eval: replace an earlier report in that folder.")
 @click.option(
     "--negative-fmri",
     type=click.Path(path_type=Path),

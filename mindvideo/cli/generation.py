@@ -63,6 +63,7 @@ class GenerateOptions:
     backend: str = "pytorch"
     engine: Path | None = None
     loop: str = "auto"
+    overwrite: bool = False
     given: frozenset[str] = frozenset()
 
 
@@ -117,6 +118,13 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.eval_out is None and any(v is not None for v in extras.values()):
         named = ", ".join(k for k, v in extras.items() if v is not None)
         raise MindVideoError("expected --eval REPORT with the evaluation options", named, "add --eval report/")
+    if opts.overwrite and opts.eval_out is None:
+        raise MindVideoError("expected --eval REPORT with --overwrite", "no --eval", "drop --overwrite")
+    if opts.eval_out is not None:  # before any generation: a refused report folder must not cost the run
+        from mindvideo.eval.report import COMMAND as REPORT_COMMAND
+        from mindvideo.fsutil import check_output_folder
+
+        check_output_folder(opts.eval_out, REPORT_COMMAND, overwrite=opts.overwrite)
     if opts.scan is None and "trs" in opts.given:
         raise MindVideoError(
             "expected --scan with --trs (the TR range of a raw run)",
@@ -368,7 +376,7 @@ def write_and_score(model, request: GenerateRequest, opts: GenerateOptions) -> l
         metrics = evaluate_videos(
             clips, request.truth, opts.eval_out, classifier=opts.classifier, video_classifier=opts.video_classifier,
             clip=opts.clip_model, device=opts.device, labels=request.labels,
-            sources={"pred": str(out), "gt": str(opts.data)},
+            sources={"pred": str(out), "gt": str(opts.data)}, report_options={"overwrite": opts.overwrite},
         )  # fmt: skip
         rows += [*summary_rows(metrics), ("report", str(opts.eval_out))]
     return rows

@@ -164,3 +164,24 @@ def test_empty_fmri_exits_2(setup, tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 2, 8), np.float32))
     result = generate(ckpt, "--fmri", tmp_path / "empty.npy", "--out", tmp_path / "o.npy")
     assert result.exit_code == 2 and "at least one fMRI window" in result.output and not (tmp_path / "o.npy").exists()
+
+
+def test_report_folder_is_checked_before_generating_and_replaced_only_with_overwrite(setup, tmp_path):
+    ckpt, prep = setup
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "notes.txt").write_text("mine")
+    out = tmp_path / "recon.npy"
+    refused = generate(ckpt, "--data", prep, "--max-clips", 2, "--out", out, "--eval", report)
+    assert refused.exit_code == 2 and "notes.txt" in refused.output
+    assert not out.exists() and (report / "notes.txt").read_text() == "mine"  # refused before any generation
+
+    (report / "notes.txt").unlink()
+    first = generate(ckpt, "--data", prep, "--max-clips", 2, "--out", out, "--eval", report)
+    assert first.exit_code == 0, first.output
+    out.unlink()
+    again = generate(ckpt, "--data", prep, "--max-clips", 2, "--out", out, "--eval", report)
+    assert again.exit_code == 2 and "--overwrite" in again.output and not out.exists()
+    replaced = generate(ckpt, "--data", prep, "--max-clips", 2, "--out", out, "--eval", report, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert (report / "metrics.json").exists()
