@@ -265,17 +265,15 @@ def demo(out, overwrite, clips, steps, guidance, seed, no_mp4):
       mindvideo demo --out demo/ --clips 8 --steps 10
       mindvideo demo --overwrite            # run again into mindvideo-demo/
     """
-    from mindvideo.demo import run_demo, summary_rows
+    from mindvideo.demo import run_demo, summary_table
 
     metrics = run_demo(
         out, clips=clips, steps=steps, guidance=guidance, seed=seed, mp4=not no_mp4, overwrite=overwrite
     )
     s = metrics["settings"]
     click.echo(f"mindvideo demo: {s['clips']} held-out clips, {s['steps']} DDIM steps, guidance {s['guidance']}")
-    rows = [("metric", "reconstruction", "ridge", "chance"), *summary_rows(metrics)]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        click.echo("  " + "  ".join(f"{v:<{w}}" for v, w in zip(row, widths)))
+    for line in summary_table(metrics):  # with the ground truth's scores: the classifier's ceiling
+        click.echo("  " + line)
     click.echo(f"  seconds {metrics['seconds']}; written to {out} (clips/, all_clips.gif, metrics.json)")
 
 

@@ -25,10 +25,11 @@ def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "mindvideo-demo"
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--clips", "3", "--steps", "2", "--no-mp4"])
     assert result.exit_code == 0, result.output
-    return out
+    return out, result.output
 
 
 def test_gifs_have_a_header_strip_naming_the_columns(demo_out):
+    demo_out, _ = demo_out
     gif = iio.imread(demo_out / "clips" / "clip_000.gif", index=None)[..., :3]  # (F, H, W, 3)
     clips = [np.load(demo_out / name)[0] for name in ("gt.npy", "pred.npy", "ridge.npy")]
     plain = _enlarge(video_grid([clips], 2))  # the same grid without the header
@@ -43,9 +44,13 @@ def test_gifs_have_a_header_strip_naming_the_columns(demo_out):
     assert iio.imread(demo_out / "all_clips.gif", index=None).shape[1] == HEADER_HEIGHT + 3 * (32 + 2) * 4 + 2 * 4
 
 
-def test_table_shows_the_ground_truth_ceiling(demo_out):
+def test_printed_table_shows_the_ground_truth_ceiling(demo_out):
+    demo_out, printed = demo_out
     metrics = json.loads((demo_out / "metrics.json").read_text())
     lines = summary_table(metrics)
+    printed = [line.strip() for line in printed.splitlines()]
+    start = printed.index(lines[0])  # after the progress bars
+    assert printed[start : start + len(lines)] == lines
     assert lines[0].split("  ")[0] == "metric" and "ground truth (upper bound)" in lines[0]
     truth = metrics["ground_truth"]
     for n in metrics["n_ways"]:
@@ -59,6 +64,7 @@ def test_table_shows_the_ground_truth_ceiling(demo_out):
 
 def test_readme_eval_command_on_the_demo_output_gives_n_way_scores(demo_out, tmp_path):
     """The README's "full report" command, run as written on a demo output folder (paths moved to this test's)."""
+    demo_out, _ = demo_out
     text = README.read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "--pred mindvideo-demo/pred.npy" in b)
     command = block.replace("\\\n", " ")
