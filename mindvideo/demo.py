@@ -229,11 +229,6 @@ def label_columns(video: np.ndarray, labels: tuple[str, ...], pad: int = GRID_PA
 SUMMARY_HEADER = ("metric", "reconstruction", "ridge", "ground truth (upper bound)", "chance")
 
 
-def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, reconstruction, ridge, chance) rows; :func:`summary_table` adds the ground-truth column."""
-    return [(name, rec, rid, chance) for name, rec, rid, _, chance in _summary(metrics)]
-
-
 def summary_table(metrics: dict[str, Any]) -> list[str]:
     """The CLI table: :data:`SUMMARY_HEADER` and one aligned line per metric, with the ground-truth clips scored the
     same way (``metrics["ground_truth"]``: what a perfect reconstruction would get, the classifier's ceiling)."""
