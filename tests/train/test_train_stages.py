@@ -1,5 +1,6 @@
-"""Every stage on the tiny simulated data: its loss falls on a fixed batch, its tiny preset trains end to end and
-writes what the next stage needs; the last stage's output is a checkpoint the pipeline loads."""
+"""Every stage on the tiny simulated data: a few steps lower its loss on windows it did not train on by a margin, its
+tiny preset trains end to end and writes what the next stage needs; the last stage's output is a checkpoint the
+pipeline loads."""
 
 from __future__ import annotations
 
@@ -26,24 +27,58 @@ INPUTS = {
 COMPONENT = {"vae": "vae", "clip": "clip", "mbm": "fmri_encoder", "contrastive": "fmri_encoder", "unet-text": "unet"}
 
 
+# stage → (training steps, training items, largest held-out loss after training as a share of the one before).
+# Noise-prediction losses (unet-text, cotrain, distill) fall slowest on unseen clips: a few steps learn little of ε.
+PLAN = {
+    "vae": (8, 4, 0.8),
+    "clip": (16, 8, 0.8),
+    "mbm": (8, 4, 0.8),
+    "contrastive": (8, 4, 0.8),
+    "unet-text": (16, 4, 0.9),
+    "cotrain": (24, 8, 0.9),
+    "distill": (16, 4, 0.9),
+    "tiny-decoder": (32, 8, 0.85),
+}
+# The tiny data's windows share too little stimulus signal (same-caption fMRI correlation ~0.02) for the fMRI → CLIP
+# alignment to carry over to unseen windows in a few steps: contrastive is scored on its training windows, with
+# draws (frame picks) other than the training ones.
+SCORED_ON_TRAINING_ITEMS = {"contrastive"}
+OVERRIDES = {"cotrain": {"trainable": ["all"]}}  # the attention-only default learns too slowly for a quick check
+
+
+def mean_loss(objective, batch, seed: int) -> float:
+    """The loss averaged over three fixed draws (noise, masks, timesteps, frames) that training never uses."""
+    size = len(next(iter(batch.values())))
+    with torch.no_grad():
+        return sum(float(objective(batch, StepRandom(seed, single_chunk(size, step)))[0]) for step in range(3)) / 3
+
+
+def test_every_stage_has_a_plan():
+    assert set(PLAN) == set(STAGES)
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_loss_falls_on_a_fixed_batch(stage, prepared, runs):
+def test_loss_falls_with_a_margin_on_held_out_items(stage, prepared, runs):
+    steps, count, margin = PLAN[stage]
     inputs = {key: str(runs(value)) for key, value in INPUTS.get(stage, {}).items()}
     torch.manual_seed(0)
-    task = STAGES[stage](config(stage, inputs), prepared)
+    task = STAGES[stage](config(stage, {**inputs, **OVERRIDES.get(stage, {})}), prepared)
     objective = task.build()
     dataset = task.dataset()
-    batch = default_collate([dataset[i] for i in range(4)])
-    rng = StepRandom(0, single_chunk(4), "cpu")  # the same noise, masks and timesteps every step
+    train = default_collate([dataset[i] for i in range(count)])
+    scored = range(4) if stage in SCORED_ON_TRAINING_ITEMS else range(len(dataset) - 4, len(dataset))
+    assert stage in SCORED_ON_TRAINING_ITEMS or min(scored) >= count
+    heldout = default_collate([dataset[i] for i in scored])
     lr = 2e-4 if stage == "distill" else 2e-3  # a student starts at its teacher: a fine-tuning rate
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=lr)
-    before = float(objective(batch, rng)[0].detach())
-    for _ in range(4):
-        objective(batch, rng)[0].backward()
+    before = mean_loss(objective, heldout, seed=1)
+    for step in range(steps):
+        objective(train, StepRandom(0, single_chunk(count, step)))[0].backward()  # fresh draws every step
         optimizer.step()
         optimizer.zero_grad()
-    after = float(objective(batch, rng)[0].detach())
-    assert after < before, f"{stage}: {before:.4f} → {after:.4f}"
+    after = mean_loss(objective, heldout, seed=1)
+    print(f"{stage}: held-out loss {before:.4f} → {after:.4f} ({after / before:.2f} ×)")
+    assert after < margin * before, f"{stage}: held-out loss {before:.4f} → {after:.4f}, expected < {margin} ×"
 
 
 @pytest.mark.parametrize("stage", list(COMPONENT))
