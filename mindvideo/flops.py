@@ -1,4 +1,4 @@
-"""FLOP counts of the networks at given shapes, and what one clip costs (DESIGN.md: count first).
+"""FLOP counts of the networks at given shapes, and what one clip costs (count first, then measure).
 
 Counting uses torch's own ``torch.utils.flop_counter.FlopCounterMode`` (multiply-adds × 2 of convolutions, matrix
 products and attention), run on modules built on the ``meta`` device: shapes propagate, nothing is allocated, so an
@@ -11,7 +11,7 @@ decomposes into ``bmm`` and is counted either way.
 
 Every count is split into ``conv`` (convolutions), ``linear`` (``mm``/``addmm``: projections, feed-forwards) and
 ``attention`` (the QKᵀ and AV products: ``bmm``/``baddbmm``/fused attention). ``total - attention`` reproduces
-figures that were counted without the attention products, e.g. REFERENCE.md §5's SD-1.5 UNet 171.6 GFLOP and VAE
+figures that were counted without the attention products, e.g. the commonly quoted SD-1.5 UNet 171.6 GFLOP and VAE
 decoder 620 GFLOP per frame at 256² (the image UNet with attention: 180.1; our video UNet, whose sparse-causal
 self-attention reads two frames and which adds temporal attention: ~200 per frame).
 """
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ATTENTION_OPS = ("bmm", "baddbmm", "attention")  # op-name fragments of attention products
 LINEAR_OPS = ("mm", "addmm", "_scaled_mm")
-BF16_RATE = 790e12  # H100/H200 dense bf16 matrix rate measured with a large matrix product (REFERENCE.md §5)
+BF16_RATE = 790e12  # H100/H200 dense bf16 matrix rate measured with a large matrix product
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

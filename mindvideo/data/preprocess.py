@@ -1,6 +1,6 @@
 """fMRI preprocessing as small pure functions: ``(T, V)`` arrays in, arrays out, parameters in one config.
 
-The order follows the usual Wen et al. 2018 / MinD-Video pipeline (REFERENCE.md §3):
+The order follows the usual Wen et al. 2018 / MinD-Video pipeline:
 
 1. trim each run to the stimulus (``trim_start`` volumes dropped, ``n_volumes`` kept);
 2. drop NaN / constant voxels (logged) — or refuse them with ``bad_voxels="error"``;

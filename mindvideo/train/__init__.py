@@ -1,4 +1,4 @@
-"""Progressive training of MinD-Video (REFERENCE.md §1.4) and the small-data recipe behind the built-in demo.
+"""Progressive training of MinD-Video (§3) and the small-data recipe behind the built-in demo.
 
 Stages (each ``mindvideo train <stage>``): ``mbm`` (masked brain modelling) → ``contrastive`` (encoder vs CLIP)
 → ``unet-text`` (text-tuned video UNet) → ``cotrain`` (encoder + UNet attention, the final checkpoint); ``vae`` and

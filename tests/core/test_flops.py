@@ -1,4 +1,4 @@
-"""The FLOP counter: exact counts of single ops (SDPA on CPU included), SD-1.5 sizes against REFERENCE.md §5 and
+"""The FLOP counter: exact counts of single ops (SDPA on CPU included), SD-1.5 sizes against the quoted figures and
 against diffusers' image UNet plus the video layers counted by hand, the tiny decoder's budget, the clip table and
 the benchmark script's result file."""
 
@@ -58,7 +58,7 @@ def sd15():
 
 
 def test_reference_facts_without_the_attention_products(sd15):
-    """REFERENCE.md §5 (171.6 GFLOP UNet, 620 GFLOP VAE decoder per frame at 256²) leaves out QKᵀ and AV."""
+    """The quoted figures (171.6 GFLOP UNet, 620 GFLOP VAE decoder per frame at 256²) leaves out QKᵀ and AV."""
     image, vae = sd15["image_unet"], sd15["vae"]
     assert (image.total - image.attention) / G == pytest.approx(171.6, abs=0.1)
     assert (vae.total - vae.attention) / G == pytest.approx(620.0, abs=0.5)

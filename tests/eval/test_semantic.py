@@ -13,7 +13,7 @@ from mindvideo.eval import chance_level, frame_level, n_way_accuracy, n_way_top_
 
 
 def protocol_directly(pred_probs, gt_probs, n_way, num_trials, top_k, seed):
-    """REFERENCE.md §4 written out plainly, one sample and trial at a time, with numpy's global RNG: true classes =
+    """The n-way protocol written out, one sample and trial at a time, with numpy's global RNG: true classes =
     top-3 of the ground-truth scores; per trial draw n−1 other classes; success if the reconstruction's probability
     of some true class ranks within the top k among that class and the drawn ones (a stable ascending sort, so a
     tie ranks the true class lower)."""

@@ -51,7 +51,7 @@ class Objective(nn.Module):
 
 
 class Stage(ABC):
-    """One step of progressive training (MinD-Video §3, REFERENCE.md §1.4)."""
+    """One step of progressive training (MinD-Video §3)."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[StageConfig]]

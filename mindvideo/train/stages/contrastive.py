@@ -1,4 +1,4 @@
-"""Stage 2 — multimodal contrastive learning of the fMRI encoder (MinD-Video §3.2; REFERENCE.md §1.4b).
+"""Stage 2 — multimodal contrastive learning of the fMRI encoder (MinD-Video §3.2).
 
 The encoder (with spatiotemporal attention), initialised from MBM, maps each window to its condition tokens
 ``(L, D)``; their mean, projected to CLIP's embedding width when the two differ, is pulled towards the CLIP image

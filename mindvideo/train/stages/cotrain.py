@@ -1,5 +1,5 @@
 """Stage 4 — co-training: the fMRI encoder and the UNet's self-, cross- and temporal attention, end to end with
-the diffusion loss on fMRI → video pairs (MinD-Video §3.4; REFERENCE.md §1.4d).
+the diffusion loss on fMRI → video pairs (MinD-Video §3.4).
 
 The condition is the encoder's output for the window. With probability ``cond_dropout`` the window is replaced by
 the *negative* fMRI — the mean training window, which the pipeline also uses as the negative input of adversarial

@@ -1,5 +1,5 @@
 """Stage 1 — masked brain modelling (MBM): pre-train the fMRI encoder as a masked autoencoder
-(mind-vis §3.1, MinD-Video §3.2; REFERENCE.md §1.4a).
+(mind-vis §3.1, MinD-Video §3.2).
 
 The same random 75 % of the patches is masked in every frame of a window; the encoder sees the visible patches, a
 small decoder reconstructs all of them, and the loss is the MSE on the masked patches only. Data: the fMRI of a

@@ -1,5 +1,5 @@
 """Stage 3 — tune the inflated video UNet on the target videos with text conditioning
-(MinD-Video §3.3 after Tune-A-Video; REFERENCE.md §1.4c).
+(MinD-Video §3.3 after Tune-A-Video).
 
 The UNet (SD-1.5 inflated to video, or a fresh small one) learns the stimulus videos conditioned on their captions'
 text-encoder hidden states; which layers train is configurable (MinD-Video tunes the attention layers: sparse-causal
