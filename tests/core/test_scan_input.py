@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -22,7 +23,7 @@ def scan_setup(tmp_path_factory):
         root / "sim",
         root / "prep",
         config=PrepareConfig(layout="wen", size=32, video=False),
-        preprocess=preprocess_defaults("wen"),
+        preprocess=preprocess_defaults("wen", lag=2),  # a lag, so that the window rule shows
     )
     transform = FMRITransform.load(root / "prep" / "data_transform")
     ckpt = build_random_checkpoint(root / "ckpt", "tiny", num_voxels=transform.num_voxels)
@@ -31,13 +32,37 @@ def scan_setup(tmp_path_factory):
     return ckpt, run, transform
 
 
-def test_scan_windows_equal_the_prepared_transform(scan_setup):
+def expected_windows(run, transform) -> np.ndarray:
+    """The training preprocessing written out in plain numpy on the raw CIFTI file: cortical grayordinates,
+    NaN → 0, a least-squares polynomial (in t) removed per voxel, z-score over time, the fitted voxel selection and
+    normalisation, the first voxels repeated up to a multiple of the patch size, windows of W TRs from t + lag
+    (clamped at the last TR)."""
+    cfg = transform.preprocess
+    assert transform.loading.cifti_select == "cortex" and cfg.detrend_order >= 1 and cfg.zscore
+    image = nib.load(str(run))
+    names = np.asarray(image.header.get_axis(1).name).astype(str)
+    raw = np.nan_to_num(np.asarray(image.get_fdata(), np.float64)[:, np.char.find(names, "CORTEX") >= 0])
+    count = len(raw)
+    t = np.arange(count, dtype=np.float64)
+    powers = np.stack([((t - t.mean()) / count) ** k for k in range(cfg.detrend_order + 1)], axis=1)
+    residual = raw - powers @ np.linalg.lstsq(powers, raw, rcond=None)[0]
+    scaled = (residual - residual.mean(0)) / residual.std(0)
+    model = (scaled[:, transform.keep] - transform.mean) / transform.std
+    pad = transform.num_voxels - model.shape[1]
+    model = np.concatenate([model, model[:, :pad]], axis=1)
+    rows = [[min(i + cfg.lag + k, count - 1) for k in range(cfg.window_size)] for i in range(count - cfg.lag)]
+    return model[np.array(rows)]
+
+
+def test_scan_windows_follow_the_training_preprocessing(scan_setup):
     ckpt, run, transform = scan_setup
     pipe = MindVideoPipeline.from_pretrained(ckpt)
+    expected = expected_windows(run, transform)
+    assert transform.preprocess.lag > 0 and transform.num_voxels > len(transform.keep)  # both rules exercised
     windows = pipe.windows_from_scan(run, 2, 5)
-    expected = transform.windows(transform.apply(transform.load_run(run)))[2:5]
-    np.testing.assert_array_equal(windows, expected)
-    assert windows.shape == (3, transform.window_size, transform.num_voxels)
+    assert windows.shape == (3, transform.window_size, transform.num_voxels) and windows.dtype == np.float32
+    np.testing.assert_allclose(windows, expected[2:5], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(pipe.windows_from_scan(run), expected, rtol=0, atol=1e-4)
 
 
 def test_generate_from_scan(scan_setup, tmp_path):
