@@ -11,15 +11,39 @@ from mindvideo.data.simulate import double_gamma_hrf
 from mindvideo.errors import MindVideoError
 
 
-def test_detrend_removes_polynomials_up_to_its_order():
+def monomials(n: int, order: int) -> np.ndarray:
+    """(n, order+1) columns 1, t, …, t^order on t in [-1, 1] (plain powers, not the module's Legendre basis)."""
+    return np.vander(np.linspace(-1.0, 1.0, n), order + 1, increasing=True)
+
+
+def test_detrend_leaves_the_signal_of_a_polynomial_plus_signal():
     rng = np.random.default_rng(0)
-    t = np.linspace(0, 1, 240)[:, None]
-    trend = 5 + 3 * t - 7 * t**2 + 2 * t**3 + 4 * t**4
+    basis = monomials(240, 4)
     noise = rng.normal(size=(240, 3))
-    out = pp.detrend((trend + noise).astype(np.float32), order=4)
-    expected = pp.detrend(noise.astype(np.float32), order=4)  # same projection: trend vanishes exactly
-    np.testing.assert_allclose(out, expected, atol=1e-4)
-    assert np.abs(out.mean(axis=0)).max() < 1e-5
+    signal = noise - basis @ np.linalg.lstsq(basis, noise, rcond=None)[0]  # no part along 1, t, …, t^4
+    trend = basis @ np.array([[5.0, -2.0, 0.5], [3.0, 1.0, -4.0], [-7.0, 0.0, 2.0], [2.0, 6.0, 1.0], [4.0, -3.0, 0.0]])
+    out = pp.detrend(trend + signal, order=4)
+    assert out.shape == signal.shape and np.abs(signal).max() > 1.0  # a real signal, which must survive
+    np.testing.assert_allclose(out, signal, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("degree", range(5))
+def test_detrend_removes_every_polynomial_up_to_its_order(degree):
+    t = np.linspace(-3.0, 5.0, 200)[:, None]
+    poly = sum(c * t**k for k, c in enumerate([2.5, -1.5, 0.75, -0.25, 0.125][: degree + 1]))  # degree exactly
+    assert np.abs(pp.detrend(poly, order=4)).max() < 1e-10
+    assert np.abs(pp.detrend(poly, order=degree)).max() < 1e-10
+    if degree > 0:  # one order too low leaves the top term
+        assert np.abs(pp.detrend(poly, order=degree - 1)).max() > 0.1
+
+
+def test_detrend_output_is_orthogonal_to_the_polynomials():
+    x = np.random.default_rng(2).normal(size=(150, 4)) + 10.0
+    for order in (0, 2, 4):
+        out = pp.detrend(x, order)
+        basis = monomials(len(x), order)
+        assert np.abs(basis.T @ out).max() < 1e-3 * np.linalg.norm(out, axis=0).min()
+        assert np.linalg.norm(out, axis=0).min() > 5.0  # far from zero: ~sqrt(150) for unit noise
 
 
 def test_zscore_per_voxel_and_constant_voxels_become_zero():
