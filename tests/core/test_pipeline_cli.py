@@ -45,7 +45,7 @@ def test_cli_matches_the_reference_pipeline(reference_ckpt, fmri_file, tmp_path)
     expected = oracle_generate(reference_ckpt, fmri, fmri.mean(0, keepdims=True), 4, 3, 12.5, 3407)
     assert ours.shape == expected.shape == (2, 3, 4, 64, 64)
     print(f"max |ours - reference| = {np.abs(ours - expected).max():.2e}")
-    assert np.abs(ours - expected).max() <= 1e-3
+    assert np.abs(ours - expected).max() <= 4e-5  # ~4e-6 seen; a 1 % error in one attention scale gives ≥ 1.4e-4
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm", "euler"])
