@@ -40,13 +40,15 @@ def _quiet_libraries() -> None:
 
 @click.group("train", cls=Group)
 def train() -> None:
-    """Train MinD-Video progressively: mbm → contrastive → unet-text → cotrain (plus vae and clip for small data).
+    """Train MinD-Video progressively: mbm → contrastive → unet-text → cotrain (plus vae and clip for small data),
+    then distill a few-step student (distill --mode guidance, then --mode consistency).
 
     \b
     Example:
       mindvideo train recipe demo --out runs/demo            # every stage on simulated data, CPU, minutes
       mindvideo train mbm --preset demo --data prepared/ --out runs/mbm
       mindvideo train cotrain --config cotrain.json --data prepared/ --out runs/cotrain --resume
+      mindvideo train distill --mode guidance --preset demo --data prepared/ --out runs/dg --set teacher=runs/cotrain
       torchrun --nproc_per_node 2 -m mindvideo train mbm --preset demo --data prepared/ --out runs/mbm
     """
     _quiet_libraries()
@@ -123,9 +125,11 @@ Example:
     help="Also package the result as demo assets here (a new or empty folder, or earlier assets: replaced).",
 )
 def recipe(name: str, out: Path, quick: bool, overrides: tuple[str, ...], export_assets: Path | None) -> None:
-    """Run the small-data recipe: simulate → prepare → vae → clip → mbm → contrastive → unet-text → cotrain.
+    """Run the small-data recipe: simulate → prepare → vae → clip → mbm → contrastive → unet-text → cotrain →
+    distill-guidance → distill-consistency.
 
-    The result, OUT/cotrain/model, is a checkpoint MindVideoPipeline loads (with data_transform/); OUT/recipe.json
+    The result, OUT/cotrain/model, is a checkpoint MindVideoPipeline loads (with data_transform/), and
+    OUT/distill-consistency/model its few-step student (LCM, 4 steps, one UNet pass each); OUT/recipe.json
     records every config, seed, version, duration and loss curve. With --export-assets the checkpoint, a held-out
     test set, the ridge baseline's training data and the evaluation classifier are packaged for `mindvideo demo`.
 

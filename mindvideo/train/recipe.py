@@ -2,15 +2,18 @@
 
 ``mindvideo train recipe demo --out DIR`` runs::
 
-    simulate → prepare → vae → clip → mbm → contrastive → unet-text → cotrain → calibrate
+    simulate → prepare → vae → clip → mbm → contrastive → unet-text → cotrain → distill-guidance
+             → distill-consistency → calibrate
 
-into ``DIR/{sim, prepared, vae, clip, mbm, contrastive, unet-text, cotrain, classifier}``; ``DIR/cotrain/model`` is
-the final checkpoint (with ``data_transform/``). Each stage uses its ``demo`` preset (``tiny`` with ``quick=True``)
-wired to the outputs before it. :func:`calibrate` fits the evaluation classifier and picks the demo's guidance
-scale on the first test segment (validation data the demo's test set leaves out). Rerunning the recipe skips
-finished stages and resumes an interrupted one, so a killed run continues where it stopped. ``DIR/recipe.json``
-records the command, the recipe, every resolved stage config, seeds, versions, durations, each stage's loss curve
-summary and the calibration, which is what makes the built-in demo model reproducible.
+into ``DIR/{sim, prepared, vae, clip, mbm, contrastive, unet-text, cotrain, distill-guidance, distill-consistency,
+classifier}``; ``DIR/cotrain/model`` is the final checkpoint (with ``data_transform/``) and
+``DIR/distill-consistency/model`` its few-step student (``mindvideo train distill``: guidance distillation, then
+latent consistency distillation from the guidance student). Each stage uses its ``demo`` preset (``tiny`` with
+``quick=True``) wired to the outputs before it. :func:`calibrate` fits the evaluation classifier and picks the
+demo's guidance scale on the first test segment (validation data the demo's test set leaves out). Rerunning the
+recipe skips finished stages and resumes an interrupted one, so a killed run continues where it stopped.
+``DIR/recipe.json`` records the command, the recipe, every resolved stage config, seeds, versions, durations,
+each stage's loss curve summary and the calibration, which is what makes the built-in demo model reproducible.
 """
 
 from __future__ import annotations
@@ -34,7 +37,19 @@ from mindvideo.train.tracking import read_metrics
 
 log = logging.getLogger(__name__)
 
-RECIPE_STAGES = ("vae", "clip", "mbm", "contrastive", "unet-text", "cotrain")
+RECIPE_STAGES = (
+    "vae", "clip", "mbm", "contrastive", "unet-text", "cotrain", "distill-guidance", "distill-consistency"
+)  # fmt: skip
+# recipe steps that run a stage under another name: (stage, fixed settings)
+STAGE_OF = {
+    "distill-guidance": ("distill", {"mode": "guidance"}),
+    "distill-consistency": ("distill", {"mode": "consistency"}),
+}
+
+
+def stage_name(step: str) -> str:
+    """The training stage a recipe step runs (``distill-guidance`` → ``distill``)."""
+    return STAGE_OF.get(step, (step, {}))[0]
 
 
 @dataclasses.dataclass
@@ -83,13 +98,16 @@ def stage_inputs(name: str, root: Path) -> dict[str, Any]:
             "init_encoder": str(root / "contrastive"),
             "init_unet": str(root / "unet-text"),
         },
+        "distill-guidance": {"teacher": str(root / "cotrain")},
+        "distill-consistency": {"teacher": str(root / "distill-guidance")},
     }[name]
 
 
 def stage_config(name: str, recipe: DemoRecipe, root: Path):
     """The resolved config of one recipe stage."""
-    stage = STAGES[name]
-    overrides = {**stage_inputs(name, root), "train.seed": recipe.seed, "train.threads": recipe.threads}
+    stage = STAGES[stage_name(name)]
+    fixed = STAGE_OF.get(name, (name, {}))[1]
+    overrides = {**fixed, **stage_inputs(name, root), "train.seed": recipe.seed, "train.threads": recipe.threads}
     if recipe.preset == "tiny" and name == "contrastive":
         overrides["init_encoder"] = None  # the tiny presets' encoders differ in depth
     overrides.update(recipe.overrides.get(name, {}))
@@ -121,10 +139,11 @@ def run_recipe(
         if status != "finished":
             resume = status is not None
             log.info("recipe: %s %s", "resuming" if resume else "running", name)
-            train(STAGES[name](configs[name], root / "prepared"), stage_out, resume=resume)
+            train(STAGES[stage_name(name)](configs[name], root / "prepared"), stage_out, resume=resume)
         record["stages"][name] = _summary(stage_out, configs[name])
     record["calibration"] = calibrate(root, recipe)
     record["checkpoint"] = str(root / "cotrain" / "model")
+    record["student"] = str(root / "distill-consistency" / "model")
     (root / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 

@@ -109,6 +109,41 @@ def test_consistency_resume_equals_uninterrupted(prepared, guidance_run, tmp_pat
     assert int(saved["target_step"]) == 3 and any(k.startswith("target.") for k in saved)
 
 
+@pytest.mark.slow
+def test_two_process_consistency_equals_one_process(prepared, guidance_run, tmp_path):
+    """DDP (torchrun, 2 CPU processes, gloo): each rank folds the same synchronised weights into its target."""
+    from safetensors.torch import load_file
+    from test_train_distributed import _same_losses, _torchrun
+
+    # MSE (the pseudo-Huber gradient, c = 0.001, is nearly sign(d)). Losses match to 1e-5 and the students' outputs
+    # closely; single weights to one Adam step (lr 1e-4): Adam's first steps are nearly sign(gradient), so a weight
+    # whose gradient is near zero and rounds differently in the two batch layouts moves a step the other way
+    atol = 1e-4
+
+    overrides = {
+        "mode": "consistency",
+        "teacher": str(guidance_run),
+        "target_decay": 0.5,
+        "loss": "mse",
+        "train.lr": 1e-4,
+        "train.steps": 3,
+        "train.batch_size": 4,
+        "train.threads": 1,
+    }
+    run_stage("distill", config("distill", overrides), prepared, tmp_path / "single")
+    _torchrun("distill", prepared, tmp_path / "ddp", overrides, entry=("mindvideo", "train"))
+    _same_losses(tmp_path / "single", tmp_path / "ddp")
+    assert_same_weights(tmp_path / "single" / "model" / "unet", tmp_path / "ddp" / "model" / "unet", atol)
+    states = [load_file(str(tmp_path / r / "checkpoints" / "step-0000003" / "trainable.safetensors")) for r in
+              ("single", "ddp")]  # fmt: skip
+    for key in (k for k in states[0] if k.startswith("target.")):
+        torch.testing.assert_close(states[0][key], states[1][key], atol=atol, rtol=0)
+    single, ddp = (load_unet(tmp_path / r / "model" / "unet") for r in ("single", "ddp"))
+    x, c = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 16, single.config.cross_attention_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(single(x, 500, c, guidance=4.0), ddp(x, 500, c, guidance=4.0), atol=1e-4, rtol=1e-3)
+
+
 def test_distillation_maths_matches_the_diffusers_schedulers():
     lcm = LCMScheduler.from_config(BASE)
     lcm.set_timesteps(4)
