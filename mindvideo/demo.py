@@ -4,13 +4,15 @@
 small-data recipe (``mindvideo train recipe demo``; command, seed and versions in ``recipe.json`` beside it) on
 simulated fMRI of procedural clips from 10 semantic classes. On the held-out test windows the demo
 
-1. reconstructs each clip from its fMRI window (DDIM, adversarial guidance with the mean training window);
+1. reconstructs each clip from its fMRI window with the teacher (DDIM, adversarial guidance with the mean training
+   window) and with the few-step student distilled from it (``assets/student``: 4 LCM steps, one UNet pass per step,
+   the VAE decoder by default), timing each;
 2. fits the baseline — ridge regression (scikit-learn) from the same training fMRI to 8×8 frames — and predicts
    the same windows;
 3. scores both with the evaluation protocol (:mod:`mindvideo.eval`): n-way top-1 semantic accuracy at frame and
    video level with the known clip classes as the true classes (chance 1/n) and a pixel classifier trained on the
    training frames, plus SSIM and PSNR;
-4. writes side-by-side ground truth | reconstruction | ridge GIFs (a header strip names the columns) and an MP4 of
+4. writes side-by-side ground truth | teacher | student | ridge GIFs (a header strip names the columns) and an MP4 of
    all clips, ``metrics.json``, ``pred.npy`` / ``gt.npy`` / ``labels.npy`` (for ``mindvideo eval``).
 
 :func:`export_assets` packages a recipe run as those assets (after :func:`mindvideo.train.recipe.calibrate` has
@@ -19,6 +21,7 @@ fitted the classifier and chosen the guidance scale on the first test segment, w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,10 +42,12 @@ log = logging.getLogger(__name__)
 N_WAYS = (2, 5, 10)
 BASELINE_SIZE = 8  # the ridge decoder predicts 8×8 frames, upsampled for scoring (a common pixel baseline)
 DISPLAY_SCALE = 4  # GIF/MP4 frames are enlarged (nearest neighbour) so 32-pixel clips are visible
-COLUMN_LABELS = ("truth", "reconstruction", "ridge")  # the header strip over the GIF/MP4 columns
+COLUMN_LABELS = ("truth", "teacher", "student", "ridge")  # the header strip over the GIF/MP4 columns
 HEADER_HEIGHT = 16  # pixels of that strip, at display scale
 GRID_PAD = 2  # pixels between clips in a grid, before enlarging
 COMMAND = "demo"
+STUDENT_STEPS = 4  # LCM steps of the demo's student
+STUDENT_SCHEDULER = "lcm"
 ASSETS_COMMAND = "train recipe --export-assets"
 
 
@@ -52,7 +57,7 @@ def default_assets() -> Path:
 
 
 def _require(assets: Path) -> dict[str, Any]:
-    needed = ["checkpoint", "test_set.npz", "baseline_train.npz", "classifier", "recipe.json"]
+    needed = ["checkpoint", "student", "test_set.npz", "baseline_train.npz", "classifier", "recipe.json"]
     missing = [name for name in needed if not (assets / name).exists()]
     if missing:
         raise MindVideoError(
@@ -74,13 +79,16 @@ def run_demo(
     steps: int | None = None,
     guidance: float | None = None,
     seed: int = 3407,
+    student_steps: int = STUDENT_STEPS,
+    student_decoder: str = "vae",
     mp4: bool = True,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Reconstruct the held-out clips, score them against the ridge baseline, write everything to ``out``.
 
-    ``steps`` / ``guidance`` default to the recipe's recorded demo settings; ``clips`` limits the test clips.
+    ``steps`` / ``guidance`` default to the recipe's recorded demo settings (the teacher's; the student runs
+    ``student_steps`` LCM steps at the same g, decoding with ``student_decoder``); ``clips`` limits the test clips.
     ``out`` must be new or empty, or (with ``overwrite``) an earlier demo output. Returns the metrics written to
     ``out/metrics.json``."""
     tic = time.perf_counter()
@@ -95,10 +103,23 @@ def run_demo(
     config = GenerationConfig(
         num_frames=int(test["video"].shape[1]), num_inference_steps=steps, guidance_scale=guidance, seed=seed
     )
+    seconds: dict[str, float | None] = {"ground_truth": None}
+    start = time.perf_counter()
     recon = reconstruct(assets / "checkpoint", test["fmri"], config, progress=progress)
+    seconds["reconstruction"] = (time.perf_counter() - start) / len(recon)
+    student_config = dataclasses.replace(
+        config, num_inference_steps=student_steps, scheduler=STUDENT_SCHEDULER, decoder=student_decoder
+    )
+    start = time.perf_counter()
+    student = student_pipeline(assets)(test["fmri"], None, student_config, progress=progress)
+    seconds["student"] = (time.perf_counter() - start) / len(student)
+    start = time.perf_counter()
     ridge = ridge_baseline(assets / "baseline_train.npz", test["fmri"], test["video"].shape[1:4])
+    seconds["ridge"] = (time.perf_counter() - start) / len(ridge)  # fit and predict
     # 2. scores
-    metrics = score(recon, ridge, test, assets / "classifier")
+    metrics = score(recon, ridge, test, assets / "classifier", student=student)
+    for name, value in seconds.items():
+        metrics[name]["seconds_per_clip"] = None if value is None else round(value, 4)
     metrics["settings"] = {
         "clips": len(recon),
         "steps": steps,
@@ -107,10 +128,16 @@ def run_demo(
         "scheduler": "ddim",
         "negative": "mean training window",
         "assets": str(assets),
+        "student": {
+            "steps": student_steps,
+            "scheduler": STUDENT_SCHEDULER,
+            "guidance": guidance,
+            "decoder": student_decoder,
+        },
     }
     # 3. files
     with atomic_folder(out, COMMAND, overwrite=overwrite) as tmp:
-        write_outputs(tmp, test, recon, ridge, mp4=mp4)
+        write_outputs(tmp, test, recon, ridge, mp4=mp4, student=student)
         metrics["seconds"] = round(time.perf_counter() - tic, 1)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
@@ -137,6 +164,29 @@ def reconstruct(checkpoint: Path, fmri: np.ndarray, config: GenerationConfig, pr
     return pipe(fmri, negative, config, progress=progress)
 
 
+def student_pipeline(assets: Path):
+    """The demo's student: the teacher checkpoint's encoder, VAE, scheduler and data transform with the distilled
+    UNet of ``assets/student/unet`` (the tiny decoder, ``checkpoint/tiny_decoder``, is read on first use)."""
+    from mindvideo.checkpoint import load_components, load_unet
+    from mindvideo.data import FMRITransform
+    from mindvideo.pipeline import MindVideoPipeline
+
+    parts = load_components(assets / "checkpoint")
+    transform = FMRITransform.load(assets / "checkpoint" / "data_transform")
+    unet = load_unet(assets / "student" / "unet")
+    pipe = MindVideoPipeline(parts["fmri_encoder"], unet, parts["vae"], parts["scheduler_config"], transform)
+    pipe.checkpoint = assets / "checkpoint"
+    return pipe
+
+
+def student_checkpoint(assets: Path, dest: Path) -> Path:
+    """A complete checkpoint folder of the demo's student in ``dest`` (new): the teacher's folders with
+    ``student/unet`` as its UNet — for the commands that take ``--checkpoint`` (generate, export, bench)."""
+    shutil.copytree(assets / "checkpoint", dest, ignore=shutil.ignore_patterns("unet"))
+    shutil.copytree(assets / "student" / "unet", dest / "unet")
+    return dest
+
+
 def ridge_baseline(path: Path, fmri: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Ridge regression (alpha by leave-one-out CV) from flattened windows to 8×8 frames, trained on the demo's
     training windows, predicted for ``fmri`` and upsampled (bilinear) to ``shape`` = (F, H, W)."""
@@ -154,8 +204,15 @@ def ridge_baseline(path: Path, fmri: np.ndarray, shape: tuple[int, int, int]) ->
     return video.reshape(len(fmri), *shape, 3)
 
 
-def score(recon: np.ndarray, ridge: np.ndarray, test: dict[str, np.ndarray], classifier: Path) -> dict[str, Any]:
-    """The evaluation protocol for both decoders; n-way with the known class of each clip (chance 1/n)."""
+def score(
+    recon: np.ndarray,
+    ridge: np.ndarray,
+    test: dict[str, np.ndarray],
+    classifier: Path,
+    student: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The evaluation protocol for every decoder (``reconstruction``: the teacher; ``student`` when given); n-way with
+    the known class of each clip (chance 1/n)."""
     from mindvideo.eval import FrameAveragedVideoClassifier, PixelClassifier, evaluate
 
     clf = PixelClassifier.load(classifier)
@@ -168,7 +225,8 @@ def score(recon: np.ndarray, ridge: np.ndarray, test: dict[str, np.ndarray], cla
         "progress": False,
     }
     out: dict[str, Any] = {"n_ways": list(n_ways), "chance": {str(n): 1.0 / n for n in n_ways}}
-    for name, pred in (("reconstruction", recon), ("ridge", ridge), ("ground_truth", test["video"])):
+    decoders = {"reconstruction": recon, "student": student, "ridge": ridge, "ground_truth": test["video"]}
+    for name, pred in ((k, v) for k, v in decoders.items() if v is not None):
         m = evaluate(pred, test["video"], **options)
         out[name] = {
             "frame_nway": {k: v["mean"] for k, v in m["frame_nway"].items()},
@@ -179,25 +237,37 @@ def score(recon: np.ndarray, ridge: np.ndarray, test: dict[str, np.ndarray], cla
     return out
 
 
-def write_outputs(folder: Path, test: dict[str, np.ndarray], recon: np.ndarray, ridge: np.ndarray, mp4: bool) -> None:
-    """Per clip ``clips/clip_NNN.gif`` (ground truth | reconstruction | ridge), ``all_clips.gif`` / ``.mp4``
-    (every clip, one row each), ``pred.npy``, ``gt.npy``, ``ridge.npy``, ``labels.npy``."""
+def write_outputs(
+    folder: Path,
+    test: dict[str, np.ndarray],
+    recon: np.ndarray,
+    ridge: np.ndarray,
+    mp4: bool,
+    student: np.ndarray | None = None,
+) -> None:
+    """Per clip ``clips/clip_NNN.gif`` (ground truth | teacher | student | ridge), ``all_clips.gif`` / ``.mp4``
+    (every clip, one row each), ``pred.npy`` (the teacher's), ``student.npy``, ``gt.npy``, ``ridge.npy``,
+    ``labels.npy``. Without ``student`` the columns are ground truth | reconstruction | ridge."""
     from mindvideo.media import write_video
     from mindvideo.train.tracking import video_grid
 
     fps = recon.shape[1] / 2.0  # the frames of one 2-s TR
+    columns = [test["video"], recon, ridge] if student is None else [test["video"], recon, student, ridge]
+    labels = COLUMN_LABELS if student is not None else ("truth", "reconstruction", "ridge")
+    rows = [list(row) for row in zip(*columns)]
     (folder / "clips").mkdir()
-    for i, (gt, rec, rid) in enumerate(zip(test["video"], recon, ridge)):
-        clip = label_columns(_enlarge(video_grid([[gt, rec, rid]], GRID_PAD)), COLUMN_LABELS)
+    for i, row in enumerate(rows):
+        clip = label_columns(_enlarge(video_grid([row], GRID_PAD)), labels)
         write_video(folder / "clips" / f"clip_{i:03d}.gif", clip, fps=fps)
-    rows = [[gt, rec, rid] for gt, rec, rid in zip(test["video"], recon, ridge)]
-    grid = label_columns(_enlarge(video_grid(rows, GRID_PAD)), COLUMN_LABELS)
+    grid = label_columns(_enlarge(video_grid(rows, GRID_PAD)), labels)
     write_video(folder / "all_clips.gif", grid, fps=fps)
     if mp4:
         write_video(folder / "all_clips.mp4", grid, fps=fps)
     np.save(folder / "pred.npy", recon)
     np.save(folder / "gt.npy", test["video"])
     np.save(folder / "ridge.npy", ridge)
+    if student is not None:
+        np.save(folder / "student.npy", student)
     np.save(folder / "labels.npy", test["labels"])
 
 
@@ -226,7 +296,8 @@ def label_columns(video: np.ndarray, labels: tuple[str, ...], pad: int = GRID_PA
     return np.concatenate([header, video], axis=1)
 
 
-SUMMARY_HEADER = ("metric", "reconstruction", "ridge", "ground truth (upper bound)", "chance")
+SUMMARY_HEADER = ("metric", "teacher", "student", "ridge", "ground truth (upper bound)", "chance")
+SUMMARY_DECODERS = ("reconstruction", "student", "ridge", "ground_truth")  # the metrics.json entries, in that order
 
 
 def summary_table(metrics: dict[str, Any]) -> list[str]:
@@ -237,9 +308,10 @@ def summary_table(metrics: dict[str, Any]) -> list[str]:
     return ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def _summary(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(metric, reconstruction, ridge, ground truth, chance) rows (the ground truth's PSNR is the cap: "–")."""
-    decoders = ("reconstruction", "ridge", "ground_truth")
+def _summary(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(metric, teacher, student, ridge, ground truth, chance) rows (the ground truth's PSNR is the cap and its
+    time nothing: "–"), the last one seconds per clip."""
+    decoders = SUMMARY_DECODERS
     rows = []
     for level in ("video_nway", "frame_nway"):
         for n in metrics["n_ways"]:
@@ -249,6 +321,8 @@ def _summary(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for key, label in (("ssim_colour", "SSIM (colour)"), ("psnr", "PSNR (dB)")):
         values = ["–" if (k, key) == ("ground_truth", "psnr") else f"{metrics[k][key]:.3f}" for k in decoders]
         rows.append((label, *values, "–"))
+    times = [metrics[k].get("seconds_per_clip") for k in decoders]
+    rows.append(("seconds per clip", *("–" if t is None else f"{t:.3f}" for t in times), "–"))
     return rows
 
 
@@ -273,6 +347,7 @@ def export_assets(recipe_out: str | Path, dest: str | Path) -> Path:
     with atomic_folder(dest, ASSETS_COMMAND, overwrite=True, recognise=_is_assets) as tmp:
         shutil.copytree(root / "cotrain" / "model", tmp / "checkpoint")
         _store_half(tmp / "checkpoint")
+        record["student"] = _export_student(root, tmp)
         shutil.copytree(root / "classifier", tmp / "classifier")
         _write_test_set(tmp / "test_set.npz", test, labels)
         _write_baseline_set(tmp / "baseline_train.npz", train, labels)
@@ -286,6 +361,22 @@ def export_assets(recipe_out: str | Path, dest: str | Path) -> Path:
         record["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return Path(dest)
+
+
+def _export_student(root: Path, tmp: Path) -> dict[str, Any]:
+    """The recipe's consistency student's UNet as ``student/unet`` (the rest of it is the teacher's) and, when the run
+    has one (``root/tiny-decoder``, ``mindvideo train tiny-decoder``), its tiny decoder as
+    ``checkpoint/tiny_decoder``; both in float16."""
+    unet = root / "distill-consistency" / "model" / "unet"
+    if not unet.is_dir():
+        raise MindVideoError(f"expected the recipe's student at {unet}", "no such folder", "run the recipe to the end")
+    shutil.copytree(unet, tmp / "student" / "unet")
+    _store_half(tmp / "student", ("unet",))
+    tiny = root / "tiny-decoder" / "model" / "tiny_decoder"
+    if tiny.is_dir():
+        shutil.copytree(tiny, tmp / "checkpoint" / "tiny_decoder")
+        _store_half(tmp / "checkpoint", ("tiny_decoder",))
+    return {"unet": "student/unet", "from": str(unet), "tiny_decoder": str(tiny) if tiny.is_dir() else None}
 
 
 def check_assets_folder(dest: str | Path) -> None:
@@ -302,11 +393,11 @@ def _is_assets(folder: Path) -> bool:
     return isinstance(record, dict) and "demo" in record and isinstance(record.get("files"), dict)
 
 
-def _store_half(checkpoint: Path) -> None:
+def _store_half(checkpoint: Path, names: tuple[str, ...] = ("fmri_encoder", "unet", "vae")) -> None:
     """Network weights stored as float16 (half the download; the pipeline loads them into float32 networks)."""
     from safetensors.torch import load_file, save_file
 
-    for name in ("fmri_encoder", "unet", "vae"):
+    for name in names:
         for path in (checkpoint / name).glob("*.safetensors"):
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
             save_file(tensors, str(path), metadata={"format": "pt"})

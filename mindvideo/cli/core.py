@@ -248,16 +248,26 @@ def init(preset, num_voxels, seed, out):
 )
 @click.option("--overwrite", is_flag=True, help="Replace --out if it holds an earlier demo output.")
 @click.option("--clips", type=int, help="Reconstruct only the first N held-out clips [default: all 40].")
-@click.option("--steps", type=int, help="DDIM steps [default: the recipe's, 25].")
-@click.option("--guidance", type=float, help="Adversarial guidance scale [default: the recipe's].")
+@click.option("--steps", type=int, help="The teacher's DDIM steps [default: the recipe's, 25].")
+@click.option("--guidance", type=float, help="Guidance scale g (teacher and student) [default: the recipe's].")
+@click.option("--student-steps", default=4, show_default=True, help="The distilled student's LCM steps.")
+@click.option(
+    "--student-decoder",
+    type=click.Choice(["vae", "tiny"]),
+    default="vae",
+    show_default=True,
+    help="The student's decoder: the VAE's, or the distilled tiny decoder.",
+)
 @click.option("--seed", default=3407, show_default=True)
 @click.option("--no-mp4", is_flag=True, help="Skip all_clips.mp4.")
-def demo(out, overwrite, clips, steps, guidance, seed, no_mp4):
+def demo(out, overwrite, clips, steps, guidance, student_steps, student_decoder, seed, no_mp4):
     """Reconstruct held-out simulated clips from fMRI with the built-in model, next to a ridge-regression baseline.
 
-    The model ships in the package (trained by `mindvideo train recipe demo`, CPU, minutes). Writes side-by-side
-    ground truth | reconstruction | ridge GIFs per clip, all_clips.gif/.mp4, metrics.json (n-way semantic
-    accuracy, SSIM, PSNR) and pred.npy/gt.npy for `mindvideo eval`; prints the scores.
+    The model ships in the package (trained by `mindvideo train recipe demo`, CPU, minutes), with a few-step student
+    distilled from it (4 LCM steps, one UNet pass per step; VAE decoder unless --student-decoder tiny). Writes
+    side-by-side ground truth | teacher | student | ridge GIFs per clip, all_clips.gif/.mp4, metrics.json (n-way
+    semantic accuracy, SSIM, PSNR, seconds per clip) and pred.npy/student.npy/gt.npy for `mindvideo eval`; prints
+    the scores.
 
     \b
     Example:
@@ -267,11 +277,24 @@ def demo(out, overwrite, clips, steps, guidance, seed, no_mp4):
     """
     from mindvideo.demo import run_demo, summary_table
 
+    if student_steps < 1:
+        raise MindVideoError("expected --student-steps ≥ 1", str(student_steps), "pass a positive number, e.g. 4")
     metrics = run_demo(
-        out, clips=clips, steps=steps, guidance=guidance, seed=seed, mp4=not no_mp4, overwrite=overwrite
+        out,
+        clips=clips,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        student_steps=student_steps,
+        student_decoder=student_decoder,
+        mp4=not no_mp4,
+        overwrite=overwrite,
     )
-    s = metrics["settings"]
-    click.echo(f"mindvideo demo: {s['clips']} held-out clips, {s['steps']} DDIM steps, guidance {s['guidance']}")
+    s, st = metrics["settings"], metrics["settings"]["student"]
+    click.echo(
+        f"mindvideo demo: {s['clips']} held-out clips, guidance {s['guidance']}; teacher: {s['steps']} DDIM steps "
+        f"(2 UNet passes each); student: {st['steps']} LCM steps (1 pass each), {st['decoder']} decoder"
+    )
     for line in summary_table(metrics):  # with the ground truth's scores: the classifier's ceiling
         click.echo("  " + line)
     click.echo(f"  seconds {metrics['seconds']}; written to {out} (clips/, all_clips.gif, metrics.json)")

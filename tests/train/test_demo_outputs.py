@@ -1,5 +1,6 @@
-"""What ``mindvideo demo`` hands a newcomer: labelled GIFs, a table with the ground-truth ceiling, and the README's
-``mindvideo eval`` command on its output giving the n-way scores."""
+"""What ``mindvideo demo`` hands a newcomer: labelled GIFs (truth | teacher | student | ridge), a table with the
+student, the ground-truth ceiling and each one's seconds per clip, and the README's ``mindvideo eval`` command on its
+output giving the n-way scores."""
 
 from __future__ import annotations
 
@@ -31,15 +32,16 @@ def demo_out(tmp_path_factory):
 def test_gifs_have_a_header_strip_naming_the_columns(demo_out):
     demo_out, _ = demo_out
     gif = iio.imread(demo_out / "clips" / "clip_000.gif", index=None)[..., :3]  # (F, H, W, 3)
-    clips = [np.load(demo_out / name)[0] for name in ("gt.npy", "pred.npy", "ridge.npy")]
+    clips = [np.load(demo_out / name)[0] for name in ("gt.npy", "pred.npy", "student.npy", "ridge.npy")]
     plain = _enlarge(video_grid([clips], 2))  # the same grid without the header
     assert gif.shape == (plain.shape[0], HEADER_HEIGHT + plain.shape[1], *plain.shape[2:])
     header = gif[:, :HEADER_HEIGHT].astype(int)
     assert np.abs(header - header[0]).mean() < 2  # the same strip on every frame (up to each frame's GIF palette)
     assert np.abs(gif[:, HEADER_HEIGHT:].astype(int) - plain).mean() < 4  # the clips below it, as before (GIF palette)
-    # dark text over each of the three columns, on white; the plain grid's top rows are clips, not this strip
-    thirds = np.array_split(header[0].min(axis=-1), len(COLUMN_LABELS), axis=1)
-    assert all((third < 100).sum() > 10 and (third == 255).mean() > 0.6 for third in thirds)
+    # dark text over each of the four columns, on white; the plain grid's top rows are clips, not this strip
+    assert COLUMN_LABELS == ("truth", "teacher", "student", "ridge")
+    quarters = np.array_split(header[0].min(axis=-1), len(COLUMN_LABELS), axis=1)
+    assert all((quarter < 100).sum() > 10 and (quarter == 255).mean() > 0.6 for quarter in quarters)
     assert np.abs(header[0] - plain[0, :HEADER_HEIGHT].astype(int)).mean() > 20
     assert iio.imread(demo_out / "all_clips.gif", index=None).shape[1] == HEADER_HEIGHT + 3 * (32 + 2) * 4 + 2 * 4
 
@@ -51,15 +53,35 @@ def test_printed_table_shows_the_ground_truth_ceiling(demo_out):
     printed = [line.strip() for line in printed.splitlines()]
     start = printed.index(lines[0])  # after the progress bars
     assert printed[start : start + len(lines)] == lines
-    assert lines[0].split("  ")[0] == "metric" and "ground truth (upper bound)" in lines[0]
-    truth = metrics["ground_truth"]
+    assert lines[0].split()[:4] == ["metric", "teacher", "student", "ridge"]
+    assert "ground truth (upper bound)" in lines[0]
+    truth, decoders = metrics["ground_truth"], ("reconstruction", "student", "ridge", "ground_truth")
     for n in metrics["n_ways"]:
         row = next(line for line in lines if line.startswith(f"video {n}-way top-1"))
         cells = row.split()[3:]  # after "video", "n-way", "top-1"
-        expected = [metrics[k]["video_nway"][str(n)] for k in ("reconstruction", "ridge", "ground_truth")]
+        expected = [metrics[k]["video_nway"][str(n)] for k in decoders]
         assert cells == [f"{v:.3f}" for v in expected] + [f"{1 / n:.3f}"]
     ssim = next(line for line in lines if line.startswith("SSIM (colour)")).split()[2:]
-    assert ssim[2] == f"{truth['ssim_colour']:.3f}" == "1.000"
+    assert ssim[3] == f"{truth['ssim_colour']:.3f}" == "1.000"
+    seconds = next(line for line in lines if line.startswith("seconds per clip")).split()[3:]
+    expected = [f"{metrics[k]['seconds_per_clip']:.3f}" for k in decoders[:3]]
+    assert seconds == [*expected, "–", "–"]
+
+
+def test_metrics_have_the_student_beside_the_teacher(demo_out):
+    demo_out, printed = demo_out
+    metrics = json.loads((demo_out / "metrics.json").read_text())
+    assert set(metrics["student"]) == set(metrics["reconstruction"])
+    assert {"frame_nway", "video_nway", "ssim_colour", "psnr", "seconds_per_clip"} <= set(metrics["student"])
+    for name in ("reconstruction", "student", "ridge"):
+        assert metrics[name]["seconds_per_clip"] > 0, name
+    assert metrics["ground_truth"]["seconds_per_clip"] is None
+    assert metrics["settings"]["student"] == {"steps": 4, "scheduler": "lcm", "guidance": 5.0, "decoder": "vae"}
+    assert "student: 4 LCM steps (1 pass each), vae decoder" in printed
+    # the student ran its own sampler: clips unlike the teacher's, and a UNet with the guidance input
+    student, teacher = np.load(demo_out / "student.npy"), np.load(demo_out / "pred.npy")
+    assert student.shape == teacher.shape and student.dtype == np.uint8
+    assert np.abs(student.astype(int) - teacher).mean() > 1
 
 
 def test_readme_eval_command_on_the_demo_output_gives_n_way_scores(demo_out, tmp_path):
