@@ -40,3 +40,19 @@ def test_demo_refuses_bad_options_without_writing(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--student-steps", "0"])
     assert result.exit_code == 2 and "expected --student-steps ≥ 1" in result.output
     assert not out.exists()
+
+
+def test_student_checkpoint_is_the_teacher_with_the_student_unet(tmp_path):
+    from mindvideo.demo import student_checkpoint
+    from mindvideo.pipeline import MindVideoPipeline
+
+    assets = default_assets()
+    folder = student_checkpoint(assets, tmp_path / "student")
+    for name in ("fmri_encoder", "vae", "data_transform", "tiny_decoder"):
+        for path in (assets / "checkpoint" / name).iterdir():
+            assert (folder / name / path.name).read_bytes() == path.read_bytes(), path
+    for path in (assets / "student" / "unet").iterdir():
+        assert (folder / "unet" / path.name).read_bytes() == path.read_bytes(), path
+    pipe = MindVideoPipeline.from_pretrained(folder)
+    assert pipe.is_student and pipe.unet.config.schedulers == ("lcm",)
+    assert not MindVideoPipeline.from_pretrained(assets / "checkpoint").is_student
