@@ -261,7 +261,7 @@ def init(preset, num_voxels, seed, out):
 @click.option("--seed", default=3407, show_default=True)
 @click.option("--no-mp4", is_flag=True, help="Skip all_clips.mp4.")
 def demo(out, overwrite, clips, steps, guidance, student_steps, student_decoder, seed, no_mp4):
-    """Reconstruct held-out simulated clips from fMRI with the built-in model, next to a ridge-regression baseline.
+    """Reconstruct held-out simulated clips with the built-in model and its student, beside a ridge baseline.
 
     The model ships in the package (trained by `mindvideo train recipe demo`, CPU, minutes), with a few-step student
     distilled from it (4 LCM steps, one UNet pass per step; VAE decoder unless --student-decoder tiny). Writes
@@ -273,6 +273,7 @@ def demo(out, overwrite, clips, steps, guidance, student_steps, student_decoder,
     Example:
       mindvideo demo
       mindvideo demo --out demo/ --clips 8 --steps 10
+      mindvideo demo --out demo-tiny/ --student-steps 2 --student-decoder tiny
       mindvideo demo --overwrite            # run again into mindvideo-demo/
     """
     from mindvideo.demo import run_demo, summary_table
