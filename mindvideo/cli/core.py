@@ -172,13 +172,9 @@ def generate(**options):
       mindvideo generate --checkpoint CKPT --data prepared/ --split test --batch-size 8 --out recon.npy \\
           --eval report/ --classifier models/vit-base-patch16-224
     """
-    from click.core import ParameterSource
-
     from mindvideo.cli import generation as steps
 
-    ctx = click.get_current_context()
-    given = frozenset(name for name in options if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT)
-    opts = steps.GenerateOptions(**options, given=given)
+    opts = steps.GenerateOptions(**options, given=steps.given_options(options))
     steps.check_options(opts)
     request = steps.resolve_request(opts)
     model = steps.load_model(opts)

@@ -137,29 +137,39 @@ def check_options(opts: GenerateOptions) -> None:
             "--backend pytorch",
             "add --backend torch",
         )
-    check_engine_settings(opts)
+    check_engine_settings(opts.backend, opts.engine, opts.dtype, opts.device, opts.given)
 
 
-def check_engine_settings(opts: GenerateOptions) -> None:
+def given_options(names) -> frozenset[str]:
+    """The options among ``names`` that the running click command got from the command line (or the environment),
+    not from their defaults."""
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return frozenset(name for name in names if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT)
+
+
+def check_engine_settings(backend: str, engine: Path | None, dtype: str, device: str, given: frozenset[str]) -> None:
     """An export's backend (onnxruntime, TensorRT) runs the precision ``mindvideo export`` fixed, on its own device:
     an explicit ``--dtype`` or ``--device`` it cannot honour is refused instead of being ignored."""
-    if opts.backend not in EXPORT_BACKENDS:
+    if backend not in EXPORT_BACKENDS:
         return
-    devices = EXPORT_DEVICES[opts.backend]
-    if "device" in opts.given and opts.device not in devices:
+    devices = EXPORT_DEVICES[backend]
+    if "device" in given and device not in devices:
         raise MindVideoError(
-            f"expected --device among {list(devices)} with --backend {opts.backend}",
-            f"--device {opts.device}",
+            f"expected --device among {list(devices)} with --backend {backend}",
+            f"--device {device}",
             "drop --device (pick the GPU with CUDA_VISIBLE_DEVICES), or use --backend torch",
         )
-    if "dtype" in opts.given and opts.engine is not None:
-        precision = export_precision(opts.engine, opts.backend)
-        if precision is not None and precision != opts.dtype:
+    if "dtype" in given and engine is not None:
+        precision = export_precision(engine, backend)
+        if precision is not None and precision != dtype:
             raise MindVideoError(
-                f"expected --dtype to be the precision of the export in {opts.engine} ({precision}) with --backend "
-                f"{opts.backend}: mindvideo export fixed it",
-                f"--dtype {opts.dtype}",
-                f"drop --dtype, or re-export with --precision {opts.dtype}",
+                f"expected --dtype to be the precision of the export in {engine} ({precision}) with --backend "
+                f"{backend}: mindvideo export fixed it",
+                f"--dtype {dtype}",
+                f"drop --dtype, or re-export with --precision {dtype}",
             )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from mindvideo.cli.core import GENERATE_BACKENDS
+from mindvideo.cli.generation import check_engine_settings, given_options
 from mindvideo.errors import MindVideoError
 from mindvideo.sampling import SCHEDULERS
 
@@ -182,6 +183,7 @@ def stream(**opts: Any) -> None:
         parse_sink(spec)
     if opts["max_trs"] is not None and opts["max_trs"] < 1:
         raise MindVideoError("expected --max-trs ≥ 1", str(opts["max_trs"]), "raise it")
+    check_engine_settings(opts["backend"], opts["engine"], opts["dtype"], opts["device"], given_options(opts))
     pipe, gen = _pipeline(opts)  # 2. the model and the decoder
     decoder = _decoder(pipe, gen, opts)
     to_stderr = "stdout" in opts["sinks"]

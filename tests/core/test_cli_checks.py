@@ -108,6 +108,26 @@ def test_settings_an_export_cannot_honour_are_refused(fp16_export, fmri_file, tm
     assert written(out.parent) == []
 
 
+@pytest.mark.parametrize(
+    "backend, extra, message",
+    [
+        ("onnxruntime", ["--dtype", "fp32"], "precision of the export in {engine} (fp16) with --backend onnxruntime"),
+        ("tensorrt", ["--dtype", "fp16"], "precision of the export in {engine} (bf16) with --backend tensorrt"),
+        ("onnxruntime", ["--device", "cuda:1"], "expected --device among ['cpu', 'cuda', 'cuda:0']"),
+        ("tensorrt", ["--device", "cpu"], "expected --device among ['cuda', 'cuda:0'] with --backend tensorrt"),
+    ],
+)
+def test_stream_refuses_settings_an_export_cannot_honour(tiny_ckpt, fp16_export, tmp_path, backend, extra, message):
+    (tmp_path / "trs").mkdir()
+    out = tmp_path / "out" / "live.gif"
+    args = ["--checkpoint", tiny_ckpt, "--backend", backend, "--engine", fp16_export, "--max-trs", 1, *extra]
+    result = run("stream", *args, "--source", f"folder:{tmp_path / 'trs'}", "--sink", f"file:{out}")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert message.format(engine=fp16_export) in result.output
+    assert written(out.parent) == [] and written(tmp_path / "trs") == []
+
+
 @pytest.mark.parametrize("extra", [[], ["--dtype", "fp16"], ["--device", "cpu"], ["--device", "cuda"]])
 def test_settings_an_export_honours_pass_the_check(fp16_export, fmri_file, tmp_path, extra):
     """The defaults, the export's own precision and its devices get past the check (here to the empty export)."""
