@@ -64,8 +64,9 @@ def test_pytest_from_the_root(runner):
     script = Path(sys.executable).with_name("pytest")
     if runner == "pytest" and not script.exists():
         pytest.skip(f"no pytest script beside {sys.executable}")
-    command = ["-m", "pytest"] if runner == "python -m pytest" else [str(script)]
+    as_module = runner == "python -m pytest"
+    command = ["-m", "pytest"] if as_module else [str(script)]
     test = "tests/core/test_unet.py::test_state_dict_keys_are_diffusers_plus_temporal"
-    result = _run(*command, "-q", "-p", "no:cacheprovider", "-p", "no:xdist", test, executable=runner == "python -m pytest")
+    result = _run(*command, "-q", "-p", "no:cacheprovider", "-p", "no:xdist", test, executable=as_module)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "1 passed" in result.stdout
