@@ -29,7 +29,7 @@ CASES = {  # name -> (coefficients, guided, eps dtype)
 
 
 @pytest.fixture(scope="module")
-def triton_update():
+def device_update_triton():
     """:mod:`mindvideo.engine.device_update_triton`, with its kernel interpreted when there is no GPU."""
     pytest.importorskip("triton")
     with pytest.MonkeyPatch.context() as mp:
@@ -55,8 +55,8 @@ def run(update, case: str, device: str = "cpu") -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_triton_kernel_equals_torch_and_numpy(triton_update, case):
-    kernel = run(triton_update.launch_fused_update, case)
+def test_triton_kernel_equals_torch_and_numpy(device_update_triton, case):
+    kernel = run(device_update_triton.launch_fused_update, case)
     reference = run(fused_update_torch, case)
     k, guided, _ = CASES[case]
     host = {name: t.float().numpy().copy() for name, t in tensors(CASES[case][2]).items()}
@@ -68,19 +68,19 @@ def test_triton_kernel_equals_torch_and_numpy(triton_update, case):
         np.testing.assert_array_equal(reference[name].numpy(), host[name])  # same float64 maths, same rounding
 
 
-def test_plan_parameter_rows_drive_the_kernel(triton_update):
+def test_plan_parameter_rows_drive_the_kernel(device_update_triton):
     plan = make_plan(SCHEDULERS["dpmpp_2m"][0](), 5)
-    table = triton_update.plan_parameters(plan, 7.5, "cpu")
+    table = device_update_triton.plan_parameters(plan, 7.5, "cpu")
     assert table.shape == (5, 8) and table.dtype == torch.float64
     a, b = tensors(torch.float32), tensors(torch.float32)
     for i in range(plan.num_steps):
-        triton_update.launch_fused_update(
+        device_update_triton.launch_fused_update(
             a["x"], a["eps_pos"], a["eps_neg"], 7.5, plan.step(i), a["state"], params=table[i]
         )
         fused_update_torch(b["x"], b["eps_pos"], b["eps_neg"], 7.5, plan.step(i), b["state"])
     torch.testing.assert_close(a["x"], b["x"], rtol=1e-6, atol=1e-6)
     with pytest.raises(MindVideoError, match="params as 8 contiguous float64"):
-        triton_update.launch_fused_update(
+        device_update_triton.launch_fused_update(
             a["x"], a["eps_pos"], None, 1.0, plan.step(0), a["state"], params=table[0].float()
         )
 
@@ -130,8 +130,8 @@ def test_cpu_tensors_use_torch_and_import_never_loads_triton():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", list(CASES))
-def test_triton_kernel_on_gpu(triton_update, case):
-    kernel = run(triton_update.launch_fused_update, case, "cuda")
+def test_triton_kernel_on_gpu(device_update_triton, case):
+    kernel = run(device_update_triton.launch_fused_update, case, "cuda")
     reference = run(fused_update_torch, case, "cuda")
     for name in ("x", "state"):
         torch.testing.assert_close(kernel[name], reference[name], rtol=1e-6, atol=1e-6)
