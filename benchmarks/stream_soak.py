@@ -272,7 +272,7 @@ def soak_source(kind: str, ckpt: Path, scan: Scan, cadence: float, args: argpars
     rc = proc.wait(timeout=600)
     sampler.stop()
     wall = time.monotonic() - started
-    return measure(kind, rc, stats_json, out, sent, sampler.samples, args, wall, cmd)
+    return measure(kind, rc, stats_json, out, sent, sampler.samples, args, wall, shown_command(cmd[3:], work))
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -313,6 +313,12 @@ def rss_report(samples: list[tuple[float, int, float]], warm_trs: int) -> dict[s
     }
 
 
+def shown_command(args: list[str], work: Path) -> str:
+    """The CLI command as recorded: the scratch folder as WORK/, paths inside the checkout relative to its root."""
+    root = Path(__file__).resolve().parents[1]
+    return " ".join(args).replace(f"{work}/", "WORK/").replace(f"{root}/", "")
+
+
 def measure(kind, rc, stats_json, out, sent, samples, args, wall, cmd) -> dict[str, Any]:
     """The checks and figures of one source."""
     trs = len(sent)
@@ -349,7 +355,7 @@ def measure(kind, rc, stats_json, out, sent, samples, args, wall, cmd) -> dict[s
         "wall_s": round(wall, 1),
         "checks": checks,
         "passed": all(checks.values()),
-        "command": " ".join(cmd[3:]),
+        "command": cmd,
     }
 
 
