@@ -53,6 +53,12 @@ def device_name() -> str:
     return f"{cpu_name()}, {os.cpu_count()} logical CPUs"
 
 
+def _in_checkout(arg: str) -> str:
+    """A path inside this checkout as the path from its root (a result file names no machine's folders)."""
+    path = Path(arg)
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else arg
+
+
 def provenance(argv: Sequence[str]) -> dict[str, Any]:
     """Device, commit, whether tracked files had uncommitted changes, the command as run, the UTC date, the load
     average now (call it before the run) and the versions of the libraries imported so far."""
@@ -66,7 +72,7 @@ def provenance(argv: Sequence[str]) -> dict[str, Any]:
         "device": device_name(),
         "commit": git("rev-parse", "HEAD"),
         "dirty_tree": None if status == "unknown" else bool(status),
-        "command": " ".join([Path(sys.executable).name, *argv]),
+        "command": " ".join([Path(sys.executable).name, *map(_in_checkout, argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_before": [round(v, 2) for v in os.getloadavg()],
         "versions": versions,
