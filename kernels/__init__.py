@@ -9,17 +9,9 @@ and, by name only, ``triton-interpret`` (the kernels on Triton's CPU interpreter
 from __future__ import annotations
 
 if __name__ == "mindvideo.kernels":
-    from .ops import (
-        FrameOffsets,
-        backends,
-        gather_frames,
-        register,
-        select,
-        source_frames,
-        sparse_causal_attention,
-        temporal_attention,
-        use_backend,
-    )
+    from .ops import sparse_causal_attention, temporal_attention
+    from .reference import FrameOffsets, gather_frames, source_frames
+    from .registry import backends, register, select, use_backend
 
     __all__ = [
         "FrameOffsets",

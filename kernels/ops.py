@@ -8,8 +8,8 @@ import torch
 
 from . import checks
 from . import reference as _reference  # noqa: F401  (registers the torch backends)
-from .reference import FrameOffsets, gather_frames, source_frames
-from .registry import backends, dispatch, register, select, use_backend
+from .reference import FrameOffsets
+from .registry import dispatch, register
 
 
 def sparse_causal_attention(
@@ -87,16 +87,3 @@ for _name, _priority, _interpreter in (("triton", 20, False), ("triton-interpret
         _temporal_triton
     )
 del _name, _priority, _interpreter
-
-
-__all__ = [
-    "FrameOffsets",
-    "backends",
-    "gather_frames",
-    "register",
-    "select",
-    "source_frames",
-    "sparse_causal_attention",
-    "temporal_attention",
-    "use_backend",
-]
