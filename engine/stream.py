@@ -242,6 +242,7 @@ class StreamingDecoder:
         window = self.transform.negative_fmri if self.transform is not None else np.zeros((self.window_size, v))
         start = time.perf_counter()
         self.generate(np.asarray(window, np.float32)[None], **self._control.settings())
+        getattr(self.generate, "reset", lambda: None)()  # a warm-starting generate forgets the warm-up clip
         return time.perf_counter() - start
 
     def _process(self, job: WindowJob, queued: int) -> Clip:
@@ -426,9 +427,17 @@ class StreamingDecoder:
             log.warning("%s; policy %s", message, self.policy)
 
 
-def pipeline_generator(pipe: Any, config: Any) -> Generate:
+def pipeline_generator(pipe: Any, config: Any, warm_start: float | None = None) -> Generate:
     """A :data:`Generate` over a :class:`~mindvideo.pipeline.MindVideoPipeline` and its
-    :class:`~mindvideo.pipeline.GenerationConfig`; ``frames`` / ``steps`` override the config per call."""
+    :class:`~mindvideo.pipeline.GenerationConfig`; ``frames`` / ``steps`` override the config per call.
+
+    ``warm_start``: a strength s ∈ (0, 1]: each clip starts from the previous clip's final latents re-noised to
+    timestep index ⌊(1 − s)·S⌋ (consecutive windows overlap) and runs only the remaining steps; the first clip, and
+    a clip whose latent shape differs from the previous one (``skip-frames``), starts from noise. ``generate.reset()``
+    forgets the previous clip."""
+    if warm_start is not None and not 0.0 < warm_start <= 1.0:
+        raise MindVideoError("expected a warm-start strength in (0, 1]", repr(warm_start), "pass e.g. 0.5")
+    previous: list[Any] = []
 
     def generate(windows: np.ndarray, *, frames: int | None = None, steps: int | None = None) -> np.ndarray:
         cfg = dataclasses.replace(
@@ -436,8 +445,18 @@ def pipeline_generator(pipe: Any, config: Any) -> Generate:
             num_frames=frames or config.num_frames,
             num_inference_steps=steps or config.num_inference_steps,
         )
-        return pipe(windows, None, cfg, progress=False)
+        if warm_start is None:
+            return pipe(windows, None, cfg, progress=False)
+        last = previous[0] if previous and previous[0].shape[0] == len(windows) else None
+        if last is not None and last.shape[2] != cfg.num_frames:
+            last = None
+        video, latents = pipe(
+            windows, None, cfg, progress=False, init_latents=last, strength=warm_start, return_latents=True
+        )
+        previous[:] = [latents]
+        return video
 
+    generate.reset = previous.clear  # type: ignore[attr-defined]
     return generate
 
 

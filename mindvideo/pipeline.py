@@ -21,7 +21,7 @@ from mindvideo.checkpoint import load_components
 from mindvideo.errors import MindVideoError
 from mindvideo.models import FMRIEncoder, VideoUNet
 from mindvideo.models.tiny_decoder import TinyDecoder, load_tiny_decoder
-from mindvideo.sampling import SCHEDULERS, guided_sample, initial_noise, make_scheduler
+from mindvideo.sampling import SCHEDULERS, guided_sample, initial_noise, make_scheduler, warm_latents
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +183,20 @@ class MindVideoPipeline:
         *,
         output: str = "uint8",
         progress: bool = True,
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
+        return_latents: bool = False,
         **overrides,
-    ) -> np.ndarray:
+    ) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
         """Reconstruct videos from fMRI windows.
 
         ``fmri``: (W, V) or (B, W, V). ``negative_fmri``: (W, V) or (B, W, V); default the batch mean.
         Returns ``(B, F, H, W, 3)`` uint8 (``output="uint8"``) or ``(B, 3, F, H, W)`` float32 in [0, 1]
         (``output="float"``, the reference's layout).
+
+        Warm start: ``init_latents`` (a previous clip's final latents, this call's latent shape) re-noised to timestep
+        index ⌊(1 − ``strength``)·S⌋ replace the pure-noise start (the noise is the seed's initial draw at unit
+        scale); only the remaining steps run. ``return_latents``: also return the final latents (B, 4, F, h, w).
         """
         cfg = config or GenerationConfig()
         if overrides:
@@ -214,10 +221,15 @@ class MindVideoPipeline:
             width // self.vae_scale_factor,
         )
         latents, generator = initial_noise(shape, cfg.seed, float(scheduler.init_noise_sigma))
-        latents = latents.to(self.device, cond.dtype)
+        latents, start = latents.to(self.device, cond.dtype), 0
+        if init_latents is not None:
+            check_warm_start(strength, tuple(init_latents.shape), shape)
+            noise = latents / float(scheduler.init_noise_sigma)
+            previous = init_latents.to(self.device, cond.dtype)
+            latents, start = warm_latents(scheduler, previous, noise, cfg.num_inference_steps, strength)
         if cfg.scheduler != "lcm":
             generator = torch.Generator("cpu").manual_seed(cfg.seed + 1) if cfg.eta > 0 else None
-        with tqdm(total=cfg.num_inference_steps, desc="denoising", disable=not progress, leave=False) as bar:
+        with tqdm(total=cfg.num_inference_steps - start, desc="denoising", disable=not progress, leave=False) as bar:
             latents = guided_sample(
                 self.denoise,
                 scheduler,
@@ -229,12 +241,24 @@ class MindVideoPipeline:
                 generator=generator,
                 progress=bar.update,
                 single_pass=self.is_student,
+                start=start,
             )
         # 3. decode per frame
         video = self.decode(latents, cfg.decode_chunk, cfg.decoder)
-        if output == "float":
-            return video.numpy()
-        return (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).numpy()  # (B, F, H, W, 3)
+        out = video if output == "float" else (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8)
+        return (out.numpy(), latents) if return_latents else out.numpy()  # (B, F, H, W, 3) uint8 or (B, 3, F, H, W)
+
+
+def check_warm_start(strength: float, found: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    """A warm start needs 0 < strength ≤ 1 and previous latents of this call's latent shape."""
+    if not 0.0 < strength <= 1.0:
+        raise MindVideoError("expected a warm-start strength in (0, 1]", repr(strength), "pass e.g. 0.5")
+    if found != expected:
+        raise MindVideoError(
+            "expected previous latents of this call's latent shape for a warm start",
+            f"{found}, not {expected}",
+            "pass the final latents of a call with the same frames, size and batch",
+        )
 
 
 def generation_size(

@@ -97,22 +97,27 @@ def guided_sample(
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
     single_pass: bool = False,
+    start: int = 0,
 ) -> torch.Tensor:
     """Classifier-free (adversarial) guidance: ``eps = eps_neg + g·(eps_pos − eps_neg)``, then ``scheduler.step``.
 
     ``cond`` is ``(2B, L, D)`` = [negative; positive] when ``guidance_scale > 1``, else ``(B, L, D)``. With
     ``single_pass`` (a guidance-distilled student) ``cond`` is the positive ``(B, L, D)`` and g goes to the denoiser
     as an input. ``generator`` draws DDIM's η-noise, or LCM's re-noising noise (then it must be the generator that
-    drew ``latents``, see :func:`initial_noise`). Returns the final latents ``(B, 4, F, h, w)`` in ``latents``' dtype.
+    drew ``latents``, see :func:`initial_noise`). ``start``: run only the steps from this timestep index on
+    (``latents`` already noised to it, see :func:`warm_latents`). Returns the final latents ``(B, 4, F, h, w)`` in
+    ``latents``' dtype.
     """
     guided = guidance_scale > 1.0 and not single_pass
     lcm = type(scheduler).__name__ == "LCMScheduler"
     if lcm and generator is None:
         raise ValueError("LCM sampling needs the generator that drew the initial latents (see initial_noise)")
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    if start and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
     step_kwargs = _step_kwargs(scheduler, eta, generator)
     g = torch.full((latents.shape[0],), float(guidance_scale), dtype=torch.float32, device=latents.device)
-    for t in scheduler.timesteps:
+    for t in scheduler.timesteps[start:]:
         x = torch.cat([latents, latents]) if guided else latents
         x = scheduler.scale_model_input(x, t)
         eps = (denoise(x, t, cond, g) if single_pass else denoise(x, t, cond)).to(latents.dtype)
@@ -126,6 +131,24 @@ def guided_sample(
         if progress is not None:
             progress(1)
     return latents
+
+
+def warm_start_index(steps: int, strength: float) -> int:
+    """The timestep index a warm start of ``strength`` s ∈ (0, 1] begins at: ⌊(1 − s)·S⌋ (s = 1: every step)."""
+    return int((1.0 - strength) * steps)
+
+
+def warm_latents(
+    scheduler, previous: torch.Tensor, noise: torch.Tensor, steps: int, strength: float
+) -> tuple[torch.Tensor, int]:
+    """A warm start: the previous clip's final latents re-noised to timestep index ``⌊(1 − s)·S⌋`` of the scheduler's
+    ``steps`` timesteps with ``scheduler.add_noise`` (``noise``: unit Gaussian, drawn by the noise convention).
+    Returns the latents (``previous``' dtype and device) and the start index for :func:`guided_sample`."""
+    start = warm_start_index(steps, strength)
+    scheduler.set_timesteps(steps, device=previous.device)
+    t = scheduler.timesteps[start].reshape(1).repeat(previous.shape[0])
+    x = scheduler.add_noise(previous.float(), noise.to(previous.device, torch.float32), t)
+    return x.to(previous.dtype), start
 
 
 def _step_kwargs(scheduler, eta: float, generator: torch.Generator | None) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def _decoder(pipe: Any, gen: Any, opts: dict[str, Any]) -> Any:
         stats_halflife=opts["stats_halflife_trs"],
     )
     return StreamingDecoder(
-        pipeline_generator(pipe, gen),
+        pipeline_generator(pipe, gen, opts["warm_start_strength"] if opts["warm_start"] else None),
         pipe.transform,
         window_size=pipe.window_size,
         num_voxels=pipe.num_voxels,
@@ -158,6 +158,18 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
 @click.option("--idle-timeout", type=float, help="End the scan after this long without a TR [default: 10 TRs].")
 @click.option("--connect-timeout", default=60.0, show_default=True, help="Seconds to wait for a TCP peer.")
 @click.option("--fps", type=float, help="Frame rate of file sinks [default: frames / TR].")
+@click.option(
+    "--warm-start",
+    is_flag=True,
+    help="pytorch backend: start each clip from the previous clip's final latents re-noised (windows overlap) "
+    "instead of pure noise; runs fewer steps. The first clip starts from noise.",
+)
+@click.option(
+    "--warm-start-strength",
+    default=0.5,
+    show_default=True,
+    help="With --warm-start: s in (0, 1]; re-noise to timestep index floor((1 - s)·steps), run the rest.",
+)
 @click.option("--stats-json", type=click.Path(path_type=Path), help="Write the summary and per-TR latencies.")
 def stream(**opts: Any) -> None:
     """Decode fMRI live: each TR from --source becomes a clip written to every --sink.
@@ -183,6 +195,7 @@ def stream(**opts: Any) -> None:
         parse_sink(spec)
     if opts["max_trs"] is not None and opts["max_trs"] < 1:
         raise MindVideoError("expected --max-trs ≥ 1", str(opts["max_trs"]), "raise it")
+    _check_warm_start(opts)
     check_engine_settings(opts["backend"], opts["engine"], opts["dtype"], opts["device"], given_options(opts))
     pipe, gen = _pipeline(opts)  # 2. the model and the decoder
     decoder = _decoder(pipe, gen, opts)
@@ -216,6 +229,17 @@ def stream(**opts: Any) -> None:
     summary = run_stream(decoder, source, sinks, model_space=opts["model_space"])
     _write_stats(opts["stats_json"], summary, decoder.records())
     _report(summary, list(opts["sinks"]), time.monotonic() - start, to_stderr)
+
+
+def _check_warm_start(opts: dict[str, Any]) -> None:
+    if not 0.0 < opts["warm_start_strength"] <= 1.0:
+        raise MindVideoError(
+            "expected --warm-start-strength in (0, 1]", str(opts["warm_start_strength"]), "pass e.g. 0.5"
+        )
+    if opts["warm_start"] and opts["backend"] != "pytorch":
+        raise MindVideoError(
+            "expected --backend pytorch with --warm-start", f"--backend {opts['backend']}", "drop one of them"
+        )
 
 
 def _pipeline(opts: dict[str, Any]) -> tuple[Any, Any]:
