@@ -44,6 +44,8 @@ class Arrival:
     payload: Any  # np.ndarray (vector or 3-D volume) or a nibabel image
     arrival: float  # time.monotonic() when the TR was first seen / fully received (s)
     name: str  # file name or "tcp#N" / "stdin#N"
+    tr: int | None = None  # the scanner's TR number when known (folder: from the file name; tcp/stdin: a count)
+    fault: str | None = None  # set (payload None) when this TR was expected but could not be read: the reason
 
 
 @dataclasses.dataclass
@@ -121,6 +123,8 @@ def open_source(
     poll_s: float = 0.02,
     corrupt_after_s: float = 2.0,
     stdin: BinaryIO | None = None,
+    settle_s: float = 0.0,
+    reconnect_timeout_s: float = 10.0,
 ) -> FolderSource | TcpSource | StreamSource:
     """Open a parsed or textual ``--source``. A TCP source binds its port here (so "port in use" comes first)."""
     spec = parse_source(spec) if isinstance(spec, str) else spec
