@@ -28,7 +28,7 @@ from mindvideo.fsutil import temp_file
 
 log = logging.getLogger(__name__)
 
-SINK_KINDS = ("file", "tcp", "stdout", "window")
+SINK_KINDS = ("file", "tcp", "stdout", "window", "lsl")
 FILE_SUFFIXES = (".mp4", ".gif")
 
 
@@ -48,8 +48,15 @@ def parse_sink(spec: str) -> tuple[str, Any]:
         host, _, port = arg.rpartition(":")
         check_localhost(host or "127.0.0.1", spec)
         return kind, parse_port(port, f"--sink {spec}")
+    if kind == "lsl" and arg:
+        from mindvideo.engine.lsl import parse_sink_arg
+
+        parse_sink_arg(arg)  # checked now; pylsl is imported only when the sink opens
+        return kind, arg
     raise MindVideoError(
-        "expected --sink file:OUT.mp4|OUT.gif, tcp:PORT, stdout or window", repr(spec), "fix the --sink option"
+        "expected --sink file:OUT.mp4|OUT.gif, tcp:PORT, stdout, window or lsl:NAME",
+        repr(spec),
+        "fix the --sink option",
     )
 
 
@@ -60,8 +67,11 @@ def open_sinks(
     frames: int | None = None,
     connect_timeout_s: float = 60.0,
     stdout: BinaryIO | None = None,
+    decoder: Any = None,
+    pipeline: Any = None,
 ) -> list[Any]:
-    """Open every ``--sink`` (parsed first, so a bad spec opens nothing); ``frames``: nominal frames per clip."""
+    """Open every ``--sink`` (parsed first, so a bad spec opens nothing); ``frames``: nominal frames per clip.
+    ``decoder`` / ``pipeline``: the StreamingDecoder and its model, for an LSL sink's embedding stream."""
     parsed = [parse_sink(spec) for spec in specs]
     if sum(kind == "stdout" for kind, _ in parsed) > 1:
         raise MindVideoError("expected at most one stdout sink", f"{len(parsed)} sinks", "drop the extra one")
@@ -74,6 +84,10 @@ def open_sinks(
                 sinks.append(TcpSink(arg, connect_timeout_s))
             elif kind == "stdout":
                 sinks.append(StreamSink(stdout or sys.stdout.buffer, "stdout"))
+            elif kind == "lsl":
+                from mindvideo.engine.lsl import open_lsl_sink
+
+                sinks.append(open_lsl_sink(arg, pipeline=pipeline, decoder=decoder))
             elif display_available():
                 sinks.append(WindowSink(fps))
             else:
