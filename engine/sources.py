@@ -27,7 +27,7 @@ from mindvideo.errors import MindVideoError
 
 log = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("folder", "tcp", "stdin")
+SOURCE_KINDS = ("folder", "tcp", "stdin", "lsl")
 LOCALHOST = ("127.0.0.1", "localhost")
 MAX_FRAME_BYTES = 1 << 30  # 1 GiB: larger length prefixes are garbage, not fMRI
 NPY_MAGIC = b"\x93NUMPY"
@@ -56,6 +56,7 @@ class SourceSpec:
     folder: Path | None = None
     host: str = "127.0.0.1"
     port: int = 0
+    name: str = ""  # lsl: the stream name
 
 
 def parse_port(text: str, what: str) -> int:
@@ -84,8 +85,10 @@ def parse_source(spec: str) -> SourceSpec:
         host = host or "127.0.0.1"
         check_localhost(host, spec)
         return SourceSpec("tcp", host="127.0.0.1", port=parse_port(port, f"--source {spec}"))
+    if kind == "lsl" and arg.strip():
+        return SourceSpec("lsl", name=arg)
     raise MindVideoError(
-        "expected --source folder:DIR, tcp:127.0.0.1:PORT or stdin", repr(spec), "fix the --source option"
+        "expected --source folder:DIR, tcp:127.0.0.1:PORT, stdin or lsl:NAME", repr(spec), "fix the --source option"
     )
 
 
@@ -125,13 +128,27 @@ def open_source(
     stdin: BinaryIO | None = None,
     settle_s: float = 0.0,
     reconnect_timeout_s: float = 10.0,
+    channels: int | None = None,
 ) -> FolderSource | TcpSource | StreamSource:
-    """Open a parsed or textual ``--source``. A TCP source binds its port here (so "port in use" comes first)."""
+    """Open a parsed or textual ``--source``. A TCP source binds its port here (so "port in use" comes first).
+    ``lsl``: resolves the stream within ``connect_timeout_s`` and checks its type and channel count (``channels``:
+    the raw voxel count) here; see :mod:`mindvideo.engine.lsl`."""
     spec = parse_source(spec) if isinstance(spec, str) else spec
     if spec.kind == "folder":
         return FolderSource(spec.folder, max_trs, idle_timeout_s, poll_s, corrupt_after_s)
     if spec.kind == "tcp":
         return TcpSource(spec.port, max_trs, connect_timeout_s, idle_timeout_s)
+    if spec.kind == "lsl":
+        from mindvideo.engine.lsl import LslSource
+
+        return LslSource(
+            spec.name,
+            channels,
+            max_trs=max_trs,
+            resolve_timeout_s=connect_timeout_s,
+            idle_timeout_s=idle_timeout_s,
+            reconnect_timeout_s=reconnect_timeout_s,
+        )
     return StreamSource(stdin or sys.stdin.buffer, max_trs, "stdin")
 
 
