@@ -73,7 +73,11 @@ setup(
     package_dir=package_dir,
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
-    package_data={"mindvideo": ["assets/**/*"], "mindvideo.benchmarks": ["results/*.json"]},
+    package_data={
+        "mindvideo": ["assets/**/*"],
+        "mindvideo.engine": ["web/*.html"],  # the live browser view's page
+        "mindvideo.benchmarks": ["results/*.json"],
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.3",

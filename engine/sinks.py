@@ -28,12 +28,13 @@ from mindvideo.fsutil import temp_file
 
 log = logging.getLogger(__name__)
 
-SINK_KINDS = ("file", "tcp", "stdout", "window", "lsl")
+SINK_KINDS = ("file", "tcp", "stdout", "window", "lsl", "web")
 FILE_SUFFIXES = (".mp4", ".gif")
 
 
 def parse_sink(spec: str) -> tuple[str, Any]:
-    """``file:OUT.mp4|.gif`` | ``tcp:PORT`` | ``tcp:127.0.0.1:PORT`` | ``stdout`` | ``window`` → (kind, argument)."""
+    """``file:OUT.mp4|.gif`` | ``tcp:[127.0.0.1:]PORT`` | ``stdout`` | ``window`` | ``lsl:NAME`` |
+    ``web:[127.0.0.1:]PORT`` → (kind, argument)."""
     kind, _, arg = spec.partition(":")
     if kind in ("stdout", "window") and not arg:
         return kind, None
@@ -44,7 +45,7 @@ def parse_sink(spec: str) -> tuple[str, Any]:
                 f"expected a sink file ending in {', '.join(FILE_SUFFIXES)}", repr(arg), "e.g. --sink file:out.mp4"
             )
         return kind, path
-    if kind == "tcp" and arg:
+    if kind in ("tcp", "web") and arg:  # web: the live browser view (mindvideo.engine.web_view), 127.0.0.1 only
         host, _, port = arg.rpartition(":")
         check_localhost(host or "127.0.0.1", spec)
         return kind, parse_port(port, f"--sink {spec}")
@@ -54,7 +55,7 @@ def parse_sink(spec: str) -> tuple[str, Any]:
         parse_sink_arg(arg)  # checked now; pylsl is imported only when the sink opens
         return kind, arg
     raise MindVideoError(
-        "expected --sink file:OUT.mp4|OUT.gif, tcp:PORT, stdout, window or lsl:NAME",
+        "expected --sink file:OUT.mp4|OUT.gif, tcp:PORT, stdout, window, lsl:NAME or web:PORT",
         repr(spec),
         "fix the --sink option",
     )
@@ -88,6 +89,10 @@ def open_sinks(
                 from mindvideo.engine.lsl import open_lsl_sink
 
                 sinks.append(open_lsl_sink(arg, pipeline=pipeline, decoder=decoder))
+            elif kind == "web":
+                from mindvideo.engine.web_view import WebSink
+
+                sinks.append(WebSink(arg, fps))
             elif display_available():
                 sinks.append(WindowSink(fps))
             else:
