@@ -108,7 +108,12 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
 @click.option("--source", required=True, help="folder:DIR | tcp:127.0.0.1:PORT | stdin (framing: see --help).")
 @click.option(
-    "--sink", "sinks", multiple=True, required=True, help="file:OUT.mp4|OUT.gif | tcp:PORT | stdout | window; repeat."
+    "--sink",
+    "sinks",
+    multiple=True,
+    required=True,
+    help="file:OUT.mp4|OUT.gif | tcp:PORT | stdout | window | web:PORT (a live view in a browser at "
+    "http://127.0.0.1:PORT/, printed when ready); repeat.",
 )
 @click.option("--frames", default=6, show_default=True, help="Frames per TR clip (nominal).")
 @click.option("--steps", default=8, show_default=True, help="Denoising steps (nominal).")
@@ -218,6 +223,7 @@ def stream(**opts: Any) -> None:
         decoder.warm_up()
         where = f"127.0.0.1:{source.port}" if getattr(source, "port", None) is not None else opts["source"]
         ports = "".join(f"; clips to 127.0.0.1:{sink.port}" for sink in sinks if hasattr(sink, "port"))
+        ports += "".join(f"; live view at {sink.url}" for sink in sinks if hasattr(sink, "url"))
         click.echo(f"ready: reading TRs from {where}{ports}", err=True)
     except BaseException:
         for sink in sinks:
