@@ -2,7 +2,10 @@
 
 A TR is a raw 3-D NIfTI volume, a CIFTI row or (``model_space=True``) a model-space vector::
 
-    raw frame (V_raw,) ─► OnlineCleaner ─► transform.project ─► sliding window (W, V_model) ─► generate ─► Clip
+    raw frame (V_raw,) ─► FrameGuard ─► OnlineCleaner ─► transform.project ─► window (W, V_model) ─► generate ─► Clip
+
+Every TR is checked (shape, type, finite, plausible: :class:`~mindvideo.engine.stream_input.FrameGuard`) before it
+touches any state; a bad one is reported and handled by ``on_bad_tr`` (see :class:`StreamingDecoder`).
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from mindvideo.engine.stream_input import (
     CLEAN_MODES,
+    FrameGuard,
+    GuardBounds,
     OnlineCleanConfig,
     OnlineCleaner,
     WindowBuffer,
@@ -27,24 +32,31 @@ from mindvideo.engine.stream_input import (
     calibration_stats,
     raw_frame,
 )
-from mindvideo.engine.stream_policy import DEFAULT_MAX_QUEUE, POLICIES, Controller, StreamStats
+from mindvideo.engine.stream_policy import DEFAULT_MAX_QUEUE, ON_BAD_TR, POLICIES, Controller, StreamStats
+from mindvideo.engine.stream_run import Interrupted, StreamStopped, run_stream, stop_signals
 from mindvideo.errors import MindVideoError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CLEAN_MODES",
+    "ON_BAD_TR",
     "POLICIES",
     "Clip",
+    "FrameGuard",
+    "GuardBounds",
+    "Interrupted",
     "OnlineCleanConfig",
     "OnlineCleaner",
     "StreamStats",
+    "StreamStopped",
     "StreamingDecoder",
     "WindowBuffer",
     "calibration_stats",
     "pipeline_generator",
     "raw_frame",
     "run_stream",
+    "stop_signals",
 ]
 
 
@@ -52,7 +64,10 @@ Generate = Callable[..., np.ndarray]  # generate(windows (B, W, V) float32[, fra
 
 
 class Sink(Protocol):
-    """Where clips go (see :mod:`mindvideo.engine.sinks`)."""
+    """Where clips go (see :mod:`mindvideo.engine.sinks`). A sink may also have ``event(record: dict) -> None``,
+    called from the producer thread for each bad TR ``{"type": "bad_tr", "index", "tr", "reason", "action",
+    "time"}`` and each dropped window ``{"type": "dropped", "index", "time"}`` (``time``: ``time.monotonic()``); it
+    must return fast and never raise."""
 
     def write(self, clip: Clip) -> None: ...
     def close(self, summary: dict[str, Any]) -> None: ...
@@ -75,6 +90,7 @@ class Clip:
     warm: bool  # every frame of the window was cleaned after warm-up
     degraded: bool  # made with fewer frames / steps than nominal (policy skip-frames / lower-steps)
     queued: int = 0  # windows still waiting when this one was picked
+    held: tuple[int, ...] = ()  # frame (TR) indices of its window that were bad and replaced by the last good TR
 
     @property
     def latency_s(self) -> float:
@@ -116,6 +132,14 @@ class StreamingDecoder:
     to a floor and raise them back once on time; ``block`` never drops (the producer waits; for replays). The others
     keep the queue bounded: a full queue drops its oldest window, logged as such. The last ``W - 1`` windows queued
     by :meth:`close` are always decoded.
+
+    **Bad TRs**: a TR whose payload is malformed (shape, voxel count, type), not finite or implausible
+    (:class:`~mindvideo.engine.stream_input.FrameGuard`, bounds ``guard``), or that a source reports as ``fault``,
+    never reaches the cleaner or the plausibility history. It is logged once with its reason, listed in
+    ``stats()["bad_trs"]`` and handled by ``on_bad_tr``: ``hold`` (default) puts the last good model frame in its
+    place (a neutral all-zero cleaned frame before the first good one), so the timeline keeps its length and each clip
+    whose window holds it lists it in ``Clip.held``; ``skip`` does the same but decodes no window that holds it
+    (``stats()["skipped_trs"]``; a file sink holds its last frame over them); ``stop`` raises :class:`StreamStopped`.
     """
 
     def __init__(
@@ -136,11 +160,16 @@ class StreamingDecoder:
         clean: OnlineCleanConfig | None = None,
         clean_stats: tuple[np.ndarray, np.ndarray] | None = None,
         recover_after: int = 3,
+        on_bad_tr: str = "hold",
+        guard: GuardBounds | None = None,
     ):
         self._check_options(generate, transform, window_size, policy, max_queue, frames, steps, tr)
+        if on_bad_tr not in ON_BAD_TR:
+            raise MindVideoError(f"expected on_bad_tr among {ON_BAD_TR}", repr(on_bad_tr), "pick one")
         if min(min_frames, min_steps) < 1:
             raise MindVideoError("expected min_frames and min_steps ≥ 1", f"{min_frames}, {min_steps}", "raise them")
         self.generate, self.transform, self.policy, self.tr = generate, transform, policy, tr
+        self.on_bad_tr, self.guard = on_bad_tr, FrameGuard(guard)
         self.window_size = window_size or transform.window_size
         lag = (transform.preprocess.lag if transform is not None else 0) if lag is None else lag
         self.max_queue = max_queue or DEFAULT_MAX_QUEUE[policy]
@@ -155,6 +184,7 @@ class StreamingDecoder:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._on_clip: Callable[[Clip], None] | None = None
+        self._on_event: Callable[[dict[str, Any]], None] | None = None
         self._closing = self._aborting = False
         self._error: BaseException | None = None
         self.clips: list[Clip] = []  # threaded mode without on_clip
@@ -184,42 +214,117 @@ class StreamingDecoder:
     # ------------------------------------------------------------------------------------------- one frame
 
     def model_frame(self, item: Any, model_space: bool = False) -> tuple[np.ndarray, bool]:
-        """One TR → (model-space frame ``(V_model,)`` float32, warm). See :func:`raw_frame` for the inputs."""
+        """One TR → (model-space frame ``(V_model,)`` float32, warm), unchecked (see :func:`raw_frame` for the inputs);
+        malformed input raises :class:`MindVideoError`."""
+        vector = self._vector(item, model_space)
         if model_space:
-            vector = np.asarray(item, np.float32)
-            expected = self._num_voxels or (vector.shape[0] if vector.ndim == 1 else None)
-            if expected is None or vector.shape != (expected,):
-                raise MindVideoError(
-                    f"expected a 1-D model-space vector of {expected or 'V_model'} voxels (the encoder's num_voxels)",
-                    f"shape {vector.shape}",
-                    "send transform.project(...) output, or raw frames without --model-space",
-                )
-            self._num_voxels = expected
+            self._num_voxels = vector.shape[0]
             return vector, True
-        if self.transform is None or self.cleaner is None:
-            raise MindVideoError("expected a data transform to read raw frames", "none", "push model_space vectors")
-        cleaned, warm = self.cleaner.update(raw_frame(item, self.transform))
+        cleaned, warm = self.cleaner.update(vector)
         return self.transform.project(cleaned), warm
 
-    def _next_job(self, item: Any, model_space: bool, arrival: float | None) -> WindowJob | None:
-        frame, warm = self.model_frame(item, model_space)
-        job = self._windows.push(frame, warm, time.monotonic() if arrival is None else arrival)
+    def _vector(self, item: Any, model_space: bool) -> np.ndarray:
+        """The raw ``(V_raw,)`` or model-space ``(V_model,)`` float32 vector of one TR; touches no state."""
+        if model_space:
+            vector = np.asarray(item)
+            expected = self._num_voxels or (vector.shape[0] if vector.ndim == 1 else None)
+            if vector.dtype.kind not in "iuf" or expected is None or vector.shape != (expected,):
+                raise MindVideoError(
+                    f"expected a 1-D model-space vector of {expected or 'V_model'} voxels (the encoder's num_voxels)",
+                    f"shape {vector.shape} {vector.dtype}",
+                    "send transform.project(...) output, or raw frames without --model-space",
+                )
+            return vector.astype(np.float32)
+        if self.transform is None or self.cleaner is None:
+            raise MindVideoError("expected a data transform to read raw frames", "none", "push model_space vectors")
+        return raw_frame(item, self.transform)
+
+    def _checked_frame(self, item: Any, model_space: bool) -> tuple[np.ndarray | None, bool, str | None]:
+        """(model frame, warm, None) for a good TR, (None, False, reason) for a bad one: only a good TR reaches the
+        cleaner and the plausibility history."""
+        try:
+            vector = self._vector(item, model_space)
+        except (MindVideoError, ValueError, TypeError) as exc:
+            return None, False, str(exc)
+        reason = self.guard.check(vector)
+        if reason is not None:
+            return None, False, reason
+        frame, warm = self.model_frame(vector, model_space)
+        return frame, warm, None
+
+    def _next_job(
+        self, item: Any, model_space: bool, arrival: float | None, fault: str | None, tr: int | None
+    ) -> WindowJob | None:
+        """Check, clean and window one TR; a bad one is reported and replaced per ``on_bad_tr``."""
+        arrival = time.monotonic() if arrival is None else arrival
+        frame, warm, reason = (None, False, fault) if fault is not None else self._checked_frame(item, model_space)
+        if reason is not None:
+            frame, warm = self._bad_tr(tr, reason, arrival, model_space), self.cleaner is None or self.cleaner.warm
+            if frame is None:  # nothing to stand in for it (model-space vectors of unknown size)
+                return None
+        job = self._windows.push(frame, warm, arrival, held=reason is not None)
         with self._cond:
             self._stats.trs_in += 1
             self._stats.windows += job is not None
         return job
 
+    def _bad_tr(self, tr: int | None, reason: str, arrival: float, model_space: bool) -> np.ndarray | None:
+        """Report a bad TR; raise :class:`StreamStopped` (``stop``) or return the frame standing in for it."""
+        index = self._windows.count
+        record = {"index": index, "tr": tr, "reason": reason, "action": self.on_bad_tr}
+        with self._cond:
+            self._stats.bad.append(record)
+        where = f"TR {index}" + (f" (scanner TR {tr})" if tr is not None and tr != index else "")
+        self._event({"type": "bad_tr", **record, "time": arrival})
+        if self.on_bad_tr == "stop":
+            log.error("bad %s: %s; stopping the scan (on-bad-tr stop)", where, reason)
+            raise StreamStopped(f"expected a good TR at {where} (on-bad-tr stop)", reason, "fix the source")
+        then = "holding the last good TR" if self.on_bad_tr == "hold" else "skipping the windows that hold it"
+        log.warning("bad %s: %s; %s", where, reason, then)
+        last = self._windows.last_frame()
+        if last is not None:
+            return last
+        if self.transform is not None and not model_space:
+            return self.transform.project(np.zeros(self.transform.n_raw, np.float32))
+        return None if self._num_voxels is None else np.zeros(self._num_voxels, np.float32)
+
+    def _event(self, record: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(record)
+            except Exception as exc:  # an event hook must never stop the scan
+                log.error("event hook failed on %s: %s", record.get("type"), exc)
+
+    def _decodes(self, job: WindowJob) -> bool:
+        """False for a window holding a bad TR under ``skip`` (counted)."""
+        if not job.held or self.on_bad_tr != "skip":
+            return True
+        with self._cond:
+            self._stats.skipped.append(job.tr)
+        log.info("skipped the clip of TR %d: its window holds bad TRs %s", job.tr, list(job.held))
+        return False
+
     # ------------------------------------------------------------------------------------------- synchronous
 
-    def push(self, item: Any, *, model_space: bool = False, arrival: float | None = None) -> Clip | None:
+    def push(
+        self,
+        item: Any,
+        *,
+        model_space: bool = False,
+        arrival: float | None = None,
+        fault: str | None = None,
+        tr: int | None = None,
+    ) -> Clip | None:
         """Add one TR and, when it completes a window, generate that window's clip now (nominal settings).
 
-        ``arrival``: ``time.monotonic()`` when the TR arrived (default: now). Returns ``None`` for the first
-        ``lag + W - 1`` TRs. Not available while the worker thread runs (use :meth:`submit`).
+        ``arrival``: ``time.monotonic()`` when the TR arrived (default: now); ``fault``: the reason a source could not
+        read this TR (``item`` is then ignored); ``tr``: the scanner's TR number, for the report. Returns ``None`` for
+        the first ``lag + W - 1`` TRs (and skipped windows). Not available while the worker thread runs (use
+        :meth:`submit`).
         """
         self._require_thread(False)
-        job = self._next_job(item, model_space, arrival)
-        if job is None:
+        job = self._next_job(item, model_space, arrival, fault, tr)
+        if job is None or not self._decodes(job):
             return None
         clip = self._process(job, 0)
         self._record(clip, clip.ready)
@@ -230,7 +335,7 @@ class StreamingDecoder:
         self._require_thread(False)
         jobs = self._windows.flush(time.monotonic())
         self._stats.windows += len(jobs)
-        clips = [self._process(job, 0) for job in jobs]
+        clips = [self._process(job, 0) for job in jobs if self._decodes(job)]
         for clip in clips:
             self._record(clip, clip.ready)
         return clips
@@ -253,7 +358,8 @@ class StreamingDecoder:
         if out.ndim != 5 or out.shape[0] != 1 or out.dtype != np.uint8 or out.shape[-1] != 3:
             raise TypeError(f"generate must return (1, F, H, W, 3) uint8 frames, got {out.dtype} {out.shape}")
         degraded = self._control.degraded
-        return Clip(job.tr, out[0], job.arrival, start, time.monotonic(), settings, job.warm, degraded, queued)
+        ready = time.monotonic()
+        return Clip(job.tr, out[0], job.arrival, start, ready, settings, job.warm, degraded, queued, job.held)
 
     def _record(self, clip: Clip, done: float) -> None:
         """Count a delivered clip; ``done``: when its frames were out (ready, or written by every sink)."""
@@ -278,21 +384,34 @@ class StreamingDecoder:
 
     # ------------------------------------------------------------------------------------------- threaded
 
-    def start(self, on_clip: Callable[[Clip], None] | None = None) -> StreamingDecoder:
-        """Start the worker thread; each clip goes to ``on_clip`` (called in the worker) or to :attr:`clips`."""
+    def start(
+        self,
+        on_clip: Callable[[Clip], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> StreamingDecoder:
+        """Start the worker thread; each clip goes to ``on_clip`` (called in the worker) or to :attr:`clips`; each bad
+        TR and dropped window to ``on_event`` (called in the producer; see :class:`Sink`)."""
         self._require_thread(False)
-        self._on_clip = on_clip
+        self._on_clip, self._on_event = on_clip, on_event
         self._thread = threading.Thread(target=self._work, name="mindvideo-stream-worker", daemon=True)
         self._thread.start()
         return self
 
-    def submit(self, item: Any, *, model_space: bool = False, arrival: float | None = None) -> None:
-        """Add one TR from the producer: clean and window it now, queue its window for the worker. Raises the
-        worker's error, if it stopped on one."""
+    def submit(
+        self,
+        item: Any,
+        *,
+        model_space: bool = False,
+        arrival: float | None = None,
+        fault: str | None = None,
+        tr: int | None = None,
+    ) -> None:
+        """Add one TR from the producer (arguments as for :meth:`push`): check, clean and window it now, queue its
+        window for the worker. Raises the worker's error, if it stopped on one."""
         self._require_thread(True)
         self._raise_worker_error()
-        job = self._next_job(item, model_space, arrival)
-        if job is not None:
+        job = self._next_job(item, model_space, arrival, fault, tr)
+        if job is not None and self._decodes(job):
             self._enqueue(job)
 
     def close(self, timeout: float | None = None) -> dict[str, Any]:
@@ -301,8 +420,10 @@ class StreamingDecoder:
         :class:`TimeoutError` if it is still busy after ``timeout``."""
         if self._thread is not None:
             jobs = self._windows.flush(time.monotonic())
-            with self._cond:  # the scan is over: the last windows are always decoded, never dropped
+            with self._cond:
                 self._stats.windows += len(jobs)
+            jobs = [job for job in jobs if self._decodes(job)]
+            with self._cond:  # the scan is over: the last windows are always decoded, never dropped
                 self._queue.extend(jobs)
                 self._stats.max_queue_depth = max(self._stats.max_queue_depth, len(self._queue))
                 self._closing = True
@@ -348,6 +469,7 @@ class StreamingDecoder:
             "window_size": self.window_size,
             "lag": self.lag,
             "tr_s": self.tr,
+            "on_bad_tr": self.on_bad_tr,
         }
 
     def records(self) -> list[dict[str, Any]]:
@@ -367,7 +489,9 @@ class StreamingDecoder:
             raise error
 
     def _enqueue(self, job: WindowJob) -> None:
-        """Queue a window, applying the queue bound (block, or drop the oldest: logged and counted)."""
+        """Queue a window, applying the queue bound (block, or drop the oldest: logged, counted and sent as an
+        event)."""
+        dropped = []
         with self._cond:
             while self.policy == "block" and len(self._queue) >= self.max_queue and self._error is None:
                 self._cond.wait(timeout=0.5)
@@ -375,6 +499,7 @@ class StreamingDecoder:
             while len(self._queue) >= self.max_queue:
                 old = self._queue.popleft()
                 self._stats.dropped.append(old.tr)
+                dropped.append(old.tr)
                 log.warning(
                     "dropped TR %d after %.3f s in the queue (queue full at max_queue=%d; policy %s)",
                     old.tr,
@@ -385,6 +510,8 @@ class StreamingDecoder:
             self._queue.append(job)
             self._stats.max_queue_depth = max(self._stats.max_queue_depth, len(self._queue))
             self._cond.notify_all()
+        for tr in dropped:  # outside the lock: a hook must not hold up the worker
+            self._event({"type": "dropped", "index": tr, "time": time.monotonic()})
 
     def _work(self) -> None:
         """The worker: take the oldest queued window, apply the policy, generate, deliver."""
@@ -458,47 +585,3 @@ def pipeline_generator(pipe: Any, config: Any, warm_start: float | None = None) 
 
     generate.reset = previous.clear  # type: ignore[attr-defined]
     return generate
-
-
-def run_stream(
-    decoder: StreamingDecoder,
-    source: Iterable[Any],
-    sinks: list[Sink],
-    *,
-    model_space: bool = False,
-    close_timeout: float | None = None,
-) -> dict[str, Any]:
-    """Drive ``source`` (items with ``payload`` and ``arrival``, see :mod:`mindvideo.engine.sources`) through the
-    decoder's threaded mode into ``sinks``; returns :meth:`StreamingDecoder.stats`.
-
-    On success every sink is finished (a file sink renames its file into place); on any error the worker is
-    stopped, every sink aborted (no partial output) and the error re-raised. Ctrl-C ends the scan early: the TRs
-    already received are still decoded and written.
-    """
-
-    def deliver(clip: Clip) -> None:
-        for sink in sinks:
-            sink.write(clip)
-
-    decoder.start(on_clip=deliver)
-    try:
-        try:
-            for item in source:
-                decoder.submit(item.payload, arrival=item.arrival, model_space=model_space)
-        except KeyboardInterrupt:
-            log.warning("interrupted: finishing the %d TRs received so far", decoder.stats()["trs_in"])
-        summary = decoder.close(timeout=close_timeout)
-        if summary["processed"] == 0:
-            raise MindVideoError(
-                "expected at least one decoded TR", f"{summary['trs_in']} TRs received", "check the source"
-            )
-        for sink in sinks:
-            sink.close(summary)
-    except BaseException:
-        decoder.abort()
-        for sink in sinks:
-            sink.abort()
-        raise
-    finally:
-        getattr(source, "close", lambda: None)()
-    return summary

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 POLICIES = ("drop-oldest", "skip-frames", "lower-steps", "block")
+ON_BAD_TR = ("hold", "skip", "stop")  # what a rejected TR does (see StreamingDecoder)
 DEFAULT_MAX_QUEUE = {"drop-oldest": 1, "skip-frames": 4, "lower-steps": 4, "block": 8}
 HISTORY = 50_000  # per-TR records kept (a ring of 52-byte rows: 28 h at TR 2 s in 2.6 MB); older ones are forgotten
 RECORD = np.dtype(  # one per-TR record; frames / steps = -1: generate's default was used
@@ -136,6 +137,8 @@ class StreamStats:
     policy_actions: int = 0  # level changes and floor warnings
     max_queue_depth: int = 0
     dropped: list[int] = dataclasses.field(default_factory=list)  # TR indices
+    skipped: list[int] = dataclasses.field(default_factory=list)  # windows not decoded: they held a bad TR (skip)
+    bad: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # rejected TRs: index, tr, reason, action
     records: RecordRing = dataclasses.field(default_factory=lambda: RecordRing(HISTORY))
 
     def summary(self) -> dict[str, Any]:
@@ -147,6 +150,10 @@ class StreamStats:
             "processed": self.processed,
             "dropped": len(self.dropped),
             "dropped_trs": list(self.dropped),
+            "bad": len(self.bad),
+            "bad_trs": [dict(b) for b in self.bad],
+            "skipped": len(self.skipped),
+            "skipped_trs": list(self.skipped),
             "degraded": self.degraded,
             "cold": self.cold,
             "policy_actions": self.policy_actions,

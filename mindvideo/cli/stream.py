@@ -3,13 +3,18 @@
 Wraps :class:`mindvideo.engine.stream.StreamingDecoder` with :mod:`mindvideo.engine.sources` and
 :mod:`mindvideo.engine.sinks` (their docstrings define the file naming and the TCP/stdin/stdout framings). Every
 option is checked before the model loads; ports are bound and output files opened (as temporary files) before the
-first TR is read; any user error exits with code 2 and leaves no output file.
+first TR is read; any user error exits with code 2 and leaves no output file. Once the scan runs, bad TRs are
+reported and handled by ``--on-bad-tr``, SIGINT/SIGTERM/SIGHUP finish the scan (exit 0) and a fatal condition stops
+it with every clip made so far written (exit 3); see :mod:`mindvideo.engine.stream_run`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ from mindvideo.errors import MindVideoError
 from mindvideo.sampling import SCHEDULERS
 
 POLICY_CHOICES = ("drop-oldest", "skip-frames", "lower-steps", "block")  # mindvideo.engine.stream.POLICIES
+ON_BAD_TR_CHOICES = ("hold", "skip", "stop")  # mindvideo.engine.stream.ON_BAD_TR
+EXIT_STOPPED = 3  # the scan stopped on a fatal condition; the output written so far is valid
 
 
 def _load_clean_stats(path: Path | None) -> tuple[Any, Any] | None:
@@ -73,6 +80,7 @@ def _decoder(pipe: Any, gen: Any, opts: dict[str, Any]) -> Any:
         tr=opts["tr"],
         clean=clean,
         clean_stats=stats,
+        on_bad_tr=opts["on_bad_tr"],
     )
 
 
@@ -84,15 +92,28 @@ def _report(summary: dict[str, Any], sinks: list[str], seconds: float, to_stderr
         ("TRs received", summary["trs_in"]),
         ("clips", f"{summary['processed']} of {summary['windows']} windows"),
         ("dropped", f"{summary['dropped']} {summary['dropped_trs'][:10] if summary['dropped'] else ''}".strip()),
+        ("bad TRs", f"{summary['bad']} {_bad_list(summary)} ({summary['on_bad_tr']})".replace("  ", " ")),
         ("degraded", f"{summary['degraded']} (policy {summary['policy']}, {summary['policy_actions']} actions)"),
         ("warm-up clips", summary["cold"]),
         ("latency s", f"p50 {fmt(lat['p50'])}  p95 {fmt(lat['p95'])}  max {fmt(lat['max'])}"),
+        *([("source events", _counters(summary["source"]))] if summary.get("source") else []),
+        ("ended", summary.get("ended", "source")),
         ("seconds", f"{seconds:.1f}"),
         ("sinks", ", ".join(sinks)),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"  {key:<{width}}  {value}", err=to_stderr)
+
+
+def _counters(events: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in events.items())
+
+
+def _bad_list(summary: dict[str, Any]) -> str:
+    """The first bad TR indices, as the report shows them."""
+    indices = [b["index"] for b in summary["bad_trs"][:10]]
+    return f"{indices}{'…' if summary['bad'] > 10 else ''}" if indices else ""
 
 
 def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
@@ -106,13 +127,19 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
 
 @click.command("stream")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
-@click.option("--source", required=True, help="folder:DIR | tcp:127.0.0.1:PORT | stdin (framing: see --help).")
+@click.option(
+    "--source",
+    required=True,
+    help="folder:DIR | tcp:127.0.0.1:PORT | stdin (framing: see --help) | lsl:NAME (an LSL stream of type fMRI, one "
+    "raw TR per sample, resolved within --connect-timeout; needs pip install -e '.[lsl]').",
+)
 @click.option(
     "--sink",
     "sinks",
     multiple=True,
     required=True,
-    help="file:OUT.mp4|OUT.gif | tcp:PORT | stdout | window | web:PORT (a live view in a browser at "
+    help="file:OUT.mp4|OUT.gif | tcp:PORT | stdout | window | lsl:NAME[,classifier=DIR] (LSL outlets NAME-markers, "
+    "NAME-embedding and, with a frame classifier, NAME-scores) | web:PORT (a live view in a browser at "
     "http://127.0.0.1:PORT/, printed when ready); repeat.",
 )
 @click.option("--frames", default=6, show_default=True, help="Frames per TR clip (nominal).")
@@ -161,6 +188,24 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
 @click.option("--stats-halflife-trs", default=64.0, show_default=True, help="z-score half-life (0 = cumulative).")
 @click.option("--model-space", is_flag=True, help="Sources send transformed (V_model,) vectors.")
 @click.option("--idle-timeout", type=float, help="End the scan after this long without a TR [default: 10 TRs].")
+@click.option(
+    "--on-bad-tr",
+    type=click.Choice(ON_BAD_TR_CHOICES),
+    default="hold",
+    show_default=True,
+    help="A TR that is malformed, not finite, implausible or unreadable: hold (the last good TR stands in, the clip "
+    "is marked), skip (no clip for the windows holding it) or stop (end the scan, exit 3). Always reported.",
+)
+@click.option(
+    "--settle",
+    type=float,
+    help="Folder source: seconds a file's size must stay unchanged before it is read [default: the source's].",
+)
+@click.option(
+    "--reconnect-timeout",
+    type=float,
+    help="TCP source: seconds to wait for the sender to come back after a dropped connection [default: the source's].",
+)
 @click.option("--connect-timeout", default=60.0, show_default=True, help="Seconds to wait for a TCP peer.")
 @click.option("--fps", type=float, help="Frame rate of file sinks [default: frames / TR].")
 @click.option(
@@ -192,8 +237,8 @@ def stream(**opts: Any) -> None:
       producer | mindvideo stream --checkpoint CKPT --source stdin --sink stdout --max-trs 300 | consumer
     """
     from mindvideo.engine.sinks import open_sinks, parse_sink
-    from mindvideo.engine.sources import open_source, parse_source
-    from mindvideo.engine.stream import run_stream
+    from mindvideo.engine.sources import parse_source
+    from mindvideo.engine.stream import StreamStopped, run_stream
 
     source_spec = parse_source(opts["source"])  # 1. every option first: a bad one loads nothing
     for spec in opts["sinks"]:
@@ -202,23 +247,67 @@ def stream(**opts: Any) -> None:
         raise MindVideoError("expected --max-trs ≥ 1", str(opts["max_trs"]), "raise it")
     _check_warm_start(opts)
     check_engine_settings(opts["backend"], opts["engine"], opts["dtype"], opts["device"], given_options(opts))
-    pipe, gen = _pipeline(opts)  # 2. the model and the decoder
-    decoder = _decoder(pipe, gen, opts)
-    to_stderr = "stdout" in opts["sinks"]
-    fps = opts["fps"] or gen.num_frames / opts["tr"]
-    sinks = open_sinks(
-        list(opts["sinks"]),
-        fps=fps,
-        frames=gen.num_frames,
-        connect_timeout_s=opts["connect_timeout"],
-    )
+    with _stop_signals() as disarm:  # from here on a stop signal never leaves a temporary file behind
+        pipe, gen = _pipeline(opts)  # 2. the model and the decoder
+        decoder = _decoder(pipe, gen, opts)
+        to_stderr = "stdout" in opts["sinks"]
+        fps = opts["fps"] or gen.num_frames / opts["tr"]
+        timeout = opts["connect_timeout"]
+        sinks = open_sinks(
+            list(opts["sinks"]),
+            fps=fps,
+            frames=gen.num_frames,
+            connect_timeout_s=timeout,
+            decoder=decoder,  # an lsl sink publishes each clip's fMRI embedding
+            pipeline=pipe,
+        )
+        source = _start_scan(source_spec, opts, decoder, sinks)  # 3. the source, warm-up, then the scan
+        start = time.monotonic()
+        stopped = None
+        try:
+            summary = run_stream(decoder, source, sinks, model_space=opts["model_space"], on_scan_end=disarm)
+        except StreamStopped as exc:
+            if exc.summary is None:  # nothing was written
+                raise
+            summary, stopped = exc.summary, exc
+        _write_stats(opts["stats_json"], summary, decoder.records())
+        _report(summary, list(opts["sinks"]), time.monotonic() - start, to_stderr)
+    if stopped is not None:
+        click.echo(f"error: {stopped}", err=True)
+        click.get_current_context().exit(EXIT_STOPPED)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGINT/SIGTERM/SIGHUP: during the scan they finish it (exit 0); before it (model loading, warm-up) the sinks
+    are removed and the command exits with 128 + the signal number, nothing written."""
+    from mindvideo.engine.stream import Interrupted, stop_signals
+
+    try:
+        with stop_signals() as disarm:
+            yield disarm
+    except Interrupted as exc:
+        click.echo(f"error: interrupted by {exc.signal} before the scan started; nothing written", err=True)
+        click.get_current_context().exit(128 + int(getattr(signal, exc.signal)))
+
+
+def _start_scan(source_spec: Any, opts: dict[str, Any], decoder: Any, sinks: list[Any]) -> Any:
+    """Open the source (binds its port), warm the model up and say ``ready:``; on any error remove the sinks."""
+    from mindvideo.engine.sources import open_source
+
     source = None
-    try:  # 3. the source (binds its port), warm-up, then the scan
+    transform = decoder.transform  # lsl: the stream must carry one TR of this many voxels per sample
+    channels = None if transform is None else transform.num_voxels if opts["model_space"] else transform.n_raw
+    wanted = {"settle_s": opts["settle"], "reconnect_timeout_s": opts["reconnect_timeout"], "channels": channels}
+    accepted = inspect.signature(open_source).parameters
+    extra = {key: value for key, value in wanted.items() if value is not None and key in accepted}
+    try:
         source = open_source(
             source_spec,
             max_trs=opts["max_trs"],
             idle_timeout_s=opts["idle_timeout"] or 10 * opts["tr"],
             connect_timeout_s=opts["connect_timeout"],
+            **extra,
         )
         decoder.warm_up()
         where = f"127.0.0.1:{source.port}" if getattr(source, "port", None) is not None else opts["source"]
@@ -231,10 +320,7 @@ def stream(**opts: Any) -> None:
         if source is not None:
             source.close()
         raise
-    start = time.monotonic()
-    summary = run_stream(decoder, source, sinks, model_space=opts["model_space"])
-    _write_stats(opts["stats_json"], summary, decoder.records())
-    _report(summary, list(opts["sinks"]), time.monotonic() - start, to_stderr)
+    return source
 
 
 def _check_warm_start(opts: dict[str, Any]) -> None:

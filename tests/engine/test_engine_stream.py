@@ -169,9 +169,9 @@ def test_every_input_form_gives_the_same_model_frame(setup):
         (np.array(["a"] * 136), "numeric"),
     ],
 )
-def test_bad_frames_raise(setup, item, message):
+def test_bad_frames_raise_under_stop(setup, item, message):
     _, transform, _ = setup
-    decoder = StreamingDecoder(lambda w: w, transform)
+    decoder = StreamingDecoder(lambda w: w, transform, on_bad_tr="stop")
     with pytest.raises(MindVideoError, match=message):
         decoder.push(item)
     with pytest.raises(MindVideoError, match="model-space vector of 48"):

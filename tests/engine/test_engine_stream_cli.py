@@ -172,28 +172,53 @@ def test_port_in_use_exits_2_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("bad", ["wrong-voxels", "dicom"])
-def test_bad_files_exit_2_and_write_nothing(setup, tmp_path, bad):
-    _, transform, run = setup
-    watch, out = tmp_path / "export", tmp_path / "out" / "live.mp4"
+def _three_good_files(transform, run, watch: Path) -> None:
     watch.mkdir()
     for t in range(3):
         nib.save(nib.Nifti1Image(_volume(transform, run[t]), transform.mask.affine), watch / f"vol_{t}.nii")
-    if bad == "wrong-voxels":
-        np.save(watch / "vol_3.npy", np.zeros(transform.n_raw + 1, np.float32))
-        message = f"expected one TR as a ({transform.n_raw},) raw vector"
-    else:
-        try:
-            import pydicom  # noqa: F401
 
-            pytest.skip("pydicom is installed: the missing-reader path cannot be shown")
-        except ImportError:
-            pass
-        (watch / "vol_3.dcm").write_bytes(b"DICM")
-        message = "pydicom is not installed"
-    result = _invoke("--source", f"folder:{watch}", "--sink", f"file:{out}", "--max-trs", 6, "--policy", "block")
-    assert result.exit_code == 2 and message in result.stderr, result.output
-    assert not out.exists() and list(out.parent.iterdir()) == []
+
+def test_a_file_with_the_wrong_voxel_count_is_a_held_bad_tr(setup, tmp_path):
+    """A malformed TR in the middle of a scan costs that TR only: reported, held, the scan goes on (exit 0)."""
+    _, transform, run = setup
+    watch, out, stats_json = tmp_path / "export", tmp_path / "out" / "live.mp4", tmp_path / "stats.json"
+    _three_good_files(transform, run, watch)
+    np.save(watch / "vol_3.npy", np.zeros(transform.n_raw + 1, np.float32))
+    nib.save(nib.Nifti1Image(_volume(transform, run[4]), transform.mask.affine), watch / "vol_4.nii")
+    result = _invoke(
+        "--source", f"folder:{watch}", "--sink", f"file:{out}", "--max-trs", 5, "--policy", "block",
+        "--stats-json", stats_json, "--idle-timeout", 5,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(stats_json.read_text())["summary"]
+    assert summary["bad"] == 1 and summary["processed"] == 5 and summary["trs_in"] == 5
+    (bad,) = summary["bad_trs"]
+    assert bad["index"] == 3 and bad["action"] == "hold"
+    assert f"expected one TR as a ({transform.n_raw},) raw vector" in bad["reason"]
+    assert "bad TRs" in result.stdout and _count_frames(out) == 5 * 2 and _leftovers(out.parent) == []
+
+
+def test_a_source_failing_mid_scan_keeps_the_clips_made(setup, tmp_path):
+    """A fatal source error after good TRs: exit 3, one error line, the video and the stats hold every clip made."""
+    try:
+        import pydicom  # noqa: F401
+
+        pytest.skip("pydicom is installed: the missing-reader path cannot be shown")
+    except ImportError:
+        pass
+    _, transform, run = setup
+    watch, out, stats_json = tmp_path / "export", tmp_path / "out" / "live.mp4", tmp_path / "stats.json"
+    _three_good_files(transform, run, watch)
+    (watch / "vol_3.dcm").write_bytes(b"DICM")
+    result = _invoke(
+        "--source", f"folder:{watch}", "--sink", f"file:{out}", "--max-trs", 6, "--policy", "block",
+        "--stats-json", stats_json,
+    )  # fmt: skip
+    assert result.exit_code == 3 and "pydicom is not installed" in result.stderr, result.output
+    assert result.stderr.count("error: ") == 1 and "Traceback" not in result.output
+    summary = json.loads(stats_json.read_text())["summary"]
+    assert summary["ended"] == "error" and summary["processed"] == 3 and "pydicom" in summary["error"]
+    assert _count_frames(out) == 3 * 2 and _leftovers(out.parent) == []
 
 
 def test_window_sink_is_skipped_without_a_display(monkeypatch, caplog):
