@@ -9,14 +9,24 @@
   :func:`check_output_folder` accepts a path that does not exist, an empty folder, or, with ``overwrite``, a folder
   whose marker names the same command. Anything else (a folder holding other files, a file, a symbolic link, the
   current folder or one above it) is refused with a :class:`MindVideoError` and left untouched.
+* A staging folder (``.OUT.<random>``) holds a marker, ``.mindvideo-staging.json`` (pid, host, creation time).
+  While one exists, SIGTERM (when nothing else handles it) removes it and ends the process with exit code 143
+  (128 + 15). Folders left by a killed run (SIGKILL, power loss) are removed by the next :func:`atomic_folder` on
+  the same path: only siblings named ``.OUT.*`` that hold the marker, were created before the running process
+  started and whose process (on this host) is gone; nothing else is touched.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +34,10 @@ from pathlib import Path
 from mindvideo.errors import MindVideoError
 
 MARKER = ".mindvideo-output.json"
+STAGING_MARKER = ".mindvideo-staging.json"
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM  # the shell's code for a process ended by SIGTERM
+
+log = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -193,27 +207,53 @@ class _AtomicFolder:
 
     def __enter__(self) -> Path:
         self._check()
+        self.handles_term = _TERM.enter()  # before the folder exists: SIGTERM from now on removes it
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
-        except OSError as exc:
-            raise MindVideoError(f"expected a writable folder for {self.given}", str(exc), "check the path") from None
-        self.tmp.chmod(folder_mode())  # mkdtemp makes 0700; the result should look like any new folder
+            self.tmp = self._make_staging()
+        except BaseException:
+            if self.handles_term:
+                _TERM.leave()
+            raise
         return self.tmp
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
+    def _make_staging(self) -> Path:
         try:
-            self._check()  # the folder may have changed during a long run
-            if self.command is not None:
-                write_marker(self.tmp, self.command)
-            publish_modes(self.tmp)
-            self._replace()
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_staging(self.path)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        except OSError as exc:
+            raise MindVideoError(f"expected a writable folder for {self.given}", str(exc), "check the path") from None
+        try:
+            _write_staging_marker(tmp)
+            tmp.chmod(folder_mode())  # mkdtemp makes 0700; the result should look like any new folder
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                message = f"expected a writable folder for {self.given}"
+                raise MindVideoError(message, str(exc), "check the path") from None
             raise
+        return tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                if issubclass(exc_type, Terminated):
+                    log.warning("terminated: removing the unfinished %s", self.tmp)
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return
+            try:
+                self._check()  # the folder may have changed during a long run
+                if self.command is not None:
+                    write_marker(self.tmp, self.command)
+                (self.tmp / STAGING_MARKER).unlink(missing_ok=True)
+                publish_modes(self.tmp)
+                self._replace()
+            except BaseException:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+        finally:
+            if self.handles_term:
+                _TERM.leave()
 
     def _replace(self) -> None:
         if not os.path.lexists(self.path):
@@ -230,3 +270,108 @@ class _AtomicFolder:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------- staging folders
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM while a staging folder exists: the ``with`` blocks unwind (removing
+    their staging folders) and the process exits with :data:`TERMINATED_EXIT_CODE`."""
+
+    def __init__(self) -> None:
+        super().__init__(TERMINATED_EXIT_CODE)
+
+
+class _TermHandler:
+    """Installs the SIGTERM handler while at least one staging folder is open (main thread only, and only where
+    SIGTERM has its default action: a handler someone else installed is left alone)."""
+
+    def __init__(self) -> None:
+        self.depth, self.pid = 0, 0
+
+    def enter(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if self.depth == 0:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return False
+            signal.signal(signal.SIGTERM, self.handle)
+            self.pid = os.getpid()
+        self.depth += 1
+        return True
+
+    def leave(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and signal.getsignal(signal.SIGTERM) == self.handle:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:  # a forked child (a data-loader worker): end as SIGTERM does by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+
+_TERM = _TermHandler()
+
+
+def process_start_time() -> float:
+    """When this process started (s since the epoch): from /proc on Linux, else when this module was imported."""
+    try:  # both in seconds since boot: the process's age, without the wall clock's drift since boot
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - int(after_name[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def _write_staging_marker(folder: Path) -> None:
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "created": time.time()}
+    (folder / STAGING_MARKER).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists (another user's) or cannot be asked: treat as alive
+    return True
+
+
+def is_stale_staging(folder: Path, started: float | None = None) -> bool:
+    """``folder`` is a staging folder left by a process that is gone: it holds a readable staging marker from this
+    host, created before this process started (``started``), whose pid is not running."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        record = json.loads((folder / STAGING_MARKER).read_text(encoding="utf-8"))
+        pid, host, created = int(record["pid"]), str(record["host"]), float(record["created"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    return created < (process_start_time() if started is None else started) and not _pid_alive(pid)
+
+
+def remove_stale_staging(path: str | Path) -> list[Path]:
+    """Remove the staging folders of ``path`` (siblings ``.NAME.*``) left by killed runs; returns them."""
+    path = Path(os.path.abspath(path))
+    started, removed = process_start_time(), []
+    for candidate in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        if is_stale_staging(candidate, started):
+            log.info("removing %s, the unfinished output of a killed run", candidate)
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)

@@ -6,7 +6,6 @@ Four layouts are read: ``wen`` (Wen et al. 2018 raw files), ``arrays`` (the refe
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mindvideo.config import read_json
+from mindvideo.data.events import Event, read_events
 from mindvideo.data.io import (
     FMRIRun,
     LoadConfig,
@@ -126,6 +126,7 @@ def wen_segments(
     if fmri_format not in ("cifti", "nifti"):
         raise MindVideoError("expected --fmri-format cifti or nifti", repr(fmri_format), "pick one")
     pattern = "{0}_*_Atlas.dtseries.nii" if fmri_format == "cifti" else "{0}_*.nii*"
+    _check_stimuli_present(videos, subject_dir)
     segments = []
     for video in videos:
         folder = subject_dir / video.stem / fmri_format
@@ -150,6 +151,22 @@ def wen_segments(
         )
     check_repeat_counts(segments)
     return segments
+
+
+def _check_stimuli_present(videos: list[Path], subject_dir: Path) -> None:
+    """Every segment with fMRI runs has its stimulus video: a deleted video would silently drop its windows."""
+    names = {v.stem for v in videos}
+    runs = sorted(
+        (p for p in subject_dir.glob("*") if p.is_dir() and re.fullmatch(r"(seg|test)\d+", p.name)), key=_natural_key
+    )
+    orphans = [p.name for p in runs if p.name not in names]
+    if orphans:
+        stimuli = videos[0].parent
+        raise MindVideoError(
+            f"expected a stimulus video for every segment with fMRI runs in {subject_dir}",
+            f"no {', '.join(f'{n}.mp4' for n in orphans[:5])}{' …' if len(orphans) > 5 else ''} in {stimuli}",
+            "restore the missing videos (or move those segments' runs out of the dataset)",
+        )
 
 
 def check_repeat_counts(segments: list[Segment]) -> None:
@@ -239,30 +256,33 @@ def _captions_array(root: Path, split: str, shape: tuple[int, ...]) -> np.ndarra
 
 
 def custom_segments(root: str | Path, events: str | Path = "events.tsv", tr: float = 2.0) -> list[Segment]:
-    """Segments of the "my own data" layout: an onset table over NIfTI/CIFTI/array runs and stimulus videos."""
+    """Segments of the "my own data" layout: an onset table over NIfTI/CIFTI/array runs and stimulus videos
+    (:mod:`mindvideo.data.events`); every file the table names must exist."""
     root = Path(root)
-    rows = _read_events(root / events)
-    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    table = root / events
+    rows = read_events(table)
     for row in rows:
-        groups.setdefault((row["stimulus"], row.get("split") or "train"), []).append(row)
+        _check_listed(root, table, row)
+    groups: dict[tuple[str, str], list[Event]] = {}
+    for row in rows:
+        groups.setdefault((row.stimulus, row.split), []).append(row)
     segments = []
     for (stimulus, split), members in groups.items():
-        if split not in ("train", "test"):
-            raise MindVideoError(f"expected split train or test in {root / events}", repr(split), "fix the table")
         video = root / stimulus
-        duration = _number(members[0], "duration") if members[0].get("duration") else video_duration(video)
+        duration = members[0].duration if members[0].duration is not None else video_duration(video)
         runs = []
         for row in members:
-            onset = _number(row, "onset")
-            if abs(onset / tr - round(onset / tr)) > 0.05:
+            if abs(row.onset / tr - round(row.onset / tr)) > 0.05:
                 log.warning(
-                    "onset %.3f s of %s is not a whole number of TRs; rounding to %d TRs",
-                    onset,
-                    row["run"],
-                    round(onset / tr),
+                    "onset %.3f s of %s (line %d of %s) is not a whole number of TRs; rounding to %d TRs",
+                    row.onset,
+                    row.run,
+                    row.line,
+                    table,
+                    round(row.onset / tr),
                 )
-            runs.append(RunSource(root / row["run"], offset=round(onset / tr)))
-        captions = members[0].get("captions")
+            runs.append(RunSource(root / row.run, offset=round(row.onset / tr)))
+        captions = members[0].captions
         segments.append(
             Segment(
                 Path(stimulus).stem,
@@ -276,36 +296,15 @@ def custom_segments(root: str | Path, events: str | Path = "events.tsv", tr: flo
     return segments
 
 
-def _read_events(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise MindVideoError(
-            f"expected an onset table at {path}",
-            "no such file",
-            "write events.tsv with columns run, onset, stimulus (see the README)",
-        )
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MindVideoError(f"expected a tab-separated table at {path}", str(exc), "save it as UTF-8 TSV") from None
-    missing = {"run", "onset", "stimulus"} - set(rows[0] if rows else {})
-    if not rows or missing:
-        raise MindVideoError(
-            f"expected rows with columns run, onset, stimulus in {path}",
-            f"{len(rows)} rows, missing {sorted(missing)}",
-            "fix the table header",
-        )
-    return rows
-
-
-def _number(row: dict[str, str], key: str) -> float:
-    try:
-        value = float(row[key])
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not math.isfinite(value) or value < 0:
-        raise MindVideoError(f"expected a non-negative number in column {key!r}", repr(row.get(key)), "fix the table")
-    return value
+def _check_listed(root: Path, table: Path, row: Event) -> None:
+    """The run, stimulus and captions files of one row exist (named by line, before anything is read)."""
+    for column, name in (("run", row.run), ("stimulus", row.stimulus), ("captions", row.captions)):
+        if name is not None and not (root / name).is_file():
+            raise MindVideoError(
+                f"expected the {column} file named on line {row.line} of {table}",
+                f"no file at {root / name}",
+                "restore the file or fix the row (paths are relative to --src)",
+            )
 
 
 # --------------------------------------------------------------------------------------------------- hcp

@@ -198,3 +198,64 @@ def test_temporary_files_and_folders_follow_the_umask(tmp_path, mask):
         pass
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~mask
     assert not folder.exists()
+
+
+def _staging(tmp_path: Path, name: str, **record) -> Path:
+    """A hidden folder shaped like a staging folder, with the given marker fields (no marker without any)."""
+    import socket
+
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "part.npy").write_bytes(b"data")
+    if record:
+        record = {"pid": 1, "host": socket.gethostname(), "created": 0.0, **record}
+        (folder / ".mindvideo-staging.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_only_staging_folders_of_dead_earlier_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from mindvideo.fsutil import remove_stale_staging
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(dead.stdout)
+    stale = _staging(tmp_path, ".out.abc123", pid=gone)
+    kept = [
+        _staging(tmp_path, ".out.user"),  # no marker: a user's folder
+        _staging(tmp_path, ".out.alive", pid=os.getppid()),  # its process still runs
+        _staging(tmp_path, ".out.other-host", pid=gone, host="elsewhere"),  # cannot tell: kept
+        _staging(tmp_path, ".out.new", pid=gone, created=1e12),  # created after this process started
+        _staging(tmp_path, ".other.abc", pid=gone),  # the staging folder of another output
+    ]
+    (tmp_path / ".out.link").symlink_to(stale, target_is_directory=True)
+    assert remove_stale_staging(tmp_path / "out") == [stale]
+    assert not stale.exists() and all(k.is_dir() for k in kept) and (tmp_path / ".out.link").is_symlink()
+
+
+def test_sigterm_removes_the_staging_folder_and_exits_143(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = "import sys, time\nfrom mindvideo.fsutil import atomic_folder\n"
+    script += "with atomic_folder(sys.argv[1], 'eval') as tmp:\n    (tmp / 'x').write_text('1')\n"
+    script += "    print(tmp, flush=True)\n    time.sleep(60)\n"
+    command = [sys.executable, "-c", script, str(tmp_path / "out")]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = Path(child.stdout.readline().strip())
+    assert staging.is_dir() and (staging / ".mindvideo-staging.json").is_file()
+    os.kill(child.pid, signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143 and f"terminated: removing the unfinished {staging}" in stderr, stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_finished_output_holds_no_staging_marker(tmp_path):
+    with atomic_folder(tmp_path / "out", "eval") as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "a.txt"]
+    import signal
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only while a staging folder does

@@ -188,3 +188,134 @@ def test_bad_transform_folder(tmp_path, prepared_wen):
     (copy / "state.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(Exception, match="expected a readable"):
         FMRITransform.load(copy)
+
+
+# --------------------------------------------------------------------------------------------------- custom layout
+
+CUSTOM_HEADER = "run\tonset\tstimulus\tsplit"
+
+
+def _custom_rows(src) -> list[str]:
+    """One events.tsv row per CIFTI run of the mini dataset (paths relative to --src)."""
+    rows = []
+    for folder in sorted((src / "subject1" / "fmri").iterdir()):
+        split = "test" if folder.name.startswith("test") else "train"
+        for run in sorted((folder / "cifti").glob("*.nii")):
+            rows.append(f"{run.relative_to(src)}\t0\tstimuli/{folder.name}.mp4\t{split}")
+    return rows
+
+
+def _prepare_custom(src, out, lines: list[str]):
+    (src / "events.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ["data", "prepare", "--layout", "custom", "--src", str(src), "--out", str(out), "--size", "16"]
+    return _runner().invoke(main, [*args, "--no-video", "--select", "all"])
+
+
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        ("short", ("expected 4 tab-separated fields on line 3 of", "events.tsv", "found 2")),
+        ("long", ("expected 4 tab-separated fields on line 3 of", "found 5")),
+        ("duplicate", ("expected each showing once in", "repeating line 2 (run 'subject1/fmri/seg1/")),
+        ("no onset", ("expected a non-negative number of seconds in column 'onset' on line 3", "'soon'")),
+        ("split", ("expected split train or test on line 3", "'validation'")),
+    ],
+)
+def test_malformed_events_rows_are_refused_by_line(mini_wen, tmp_path, damage, fragments):
+    src, out = mini_wen(), tmp_path / "out"
+    rows = _custom_rows(src)
+    run, onset, stimulus, split = rows[1].split("\t")
+    rows[1] = {
+        "short": f"{run}\t{onset}",
+        "long": f"{rows[1]}\textra",
+        "duplicate": rows[1],
+        "no onset": f"{run}\tsoon\t{stimulus}\t{split}",
+        "split": f"{run}\t{onset}\t{stimulus}\tvalidation",
+    }[damage]
+    if damage == "duplicate":
+        rows.append(rows[0])
+        fragments = (*fragments, f"found line {len(rows) + 1} repeating")
+    _assert_refused(_prepare_custom(src, out, [CUSTOM_HEADER, *rows]), out, *fragments)
+
+
+def test_missing_stimulus_of_the_custom_layout_is_named_with_its_line(mini_wen, tmp_path):
+    src, out = mini_wen(), tmp_path / "out"
+    (src / "stimuli" / "seg2.mp4").unlink()
+    rows = _custom_rows(src)
+    line = 2 + next(i for i, row in enumerate(rows) if "seg2.mp4" in row)
+    result = _prepare_custom(src, out, [CUSTOM_HEADER, *rows])
+    _assert_refused(result, out, f"expected the stimulus file named on line {line} of", "seg2.mp4")
+
+
+def test_comments_and_blank_lines_in_events_are_skipped(mini_wen, tmp_path):
+    src = mini_wen(("seg1", "seg2", "test1"))
+    rows = _custom_rows(src)
+    plain = _prepare_custom(src, tmp_path / "plain", [CUSTOM_HEADER, *rows])
+    assert plain.exit_code == 0, plain.output
+    lines = ["# onsets of subject 1", "", CUSTOM_HEADER, "  # the training runs", *rows[:2], "   ", *rows[2:], ""]
+    commented = _prepare_custom(src, tmp_path / "commented", lines)
+    assert commented.exit_code == 0 and not commented.stderr.strip(), commented.stderr
+    for split in ("train", "test"):
+        same = (tmp_path / "plain" / split / "fmri.npy").read_bytes() == (
+            tmp_path / "commented" / split / "fmri.npy"
+        ).read_bytes()
+        assert same, split
+
+
+def test_deleted_stimulus_video_of_the_wen_layout_is_refused(mini_wen, tmp_path):
+    src, out = mini_wen(), tmp_path / "out"
+    (src / "stimuli" / "seg2.mp4").unlink()
+    _assert_refused(_prepare(src, out), out, "expected a stimulus video for every segment", "no seg2.mp4")
+
+
+def test_stale_staging_folder_of_a_killed_prepare_is_removed_by_the_next_run(mini_wen, tmp_path):
+    """A prepare killed with SIGKILL leaves its hidden staging folder; the next run into the same --out removes it
+    (and nothing else that is hidden there)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, out = mini_wen(("seg1", "seg2", "test1")), tmp_path / "out"
+    script = "import sys, time; from mindvideo.fsutil import atomic_folder\n"
+    script += "with atomic_folder(sys.argv[1], 'data prepare') as tmp:\n    print(tmp, flush=True); time.sleep(60)\n"
+    child = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
+    staging = child.stdout.readline().strip()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert os.path.isdir(staging)
+    mine = tmp_path / ".out.mine"  # a user's hidden folder with a similar name stays
+    mine.mkdir()
+    time.sleep(0.05)
+    args = ["data", "prepare", "--layout", "wen", "--src", src, "--out", out, "--size", "16", "--no-video"]
+    command = [sys.executable, "-m", "mindvideo", "-v", *map(str, args), "--select", "all"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"removing {staging}, the unfinished output of a killed run" in result.stderr
+    assert not os.path.exists(staging) and mine.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [".out.mine"]
+
+
+def test_sigterm_during_prepare_removes_the_staging_folder(mini_wen, tmp_path):
+    """SIGTERM mid-run: exit code 143, one warning line, no output and no hidden staging folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, out = mini_wen(), tmp_path / "out"
+    args = ["data", "prepare", "--layout", "wen", "--src", src, "--out", out, "--size", "32", "--select", "all"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mindvideo", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")] and child.poll() is None:
+        assert time.monotonic() < deadline, "no staging folder appeared"
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 143, stderr
+    assert "terminated: removing the unfinished" in stderr and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mini"]

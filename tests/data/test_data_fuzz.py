@@ -105,3 +105,71 @@ def test_masks_of_any_shape(mask_shape, ones):
         except MindVideoError:
             return
     _load(_valid_files()[".nii"], ".nii", LOADING.replace(mask=str(mask)))
+
+
+# --------------------------------------------------------------------------------------------------- events.tsv
+
+FIELD = st.text(alphabet=st.sampled_from("ab01.5 #\t\r\n/-_éx"), max_size=6)
+NAME = st.text(alphabet=st.sampled_from("abcXYZ019_-./"), min_size=1, max_size=8).filter(
+    lambda s: s.strip() and s.strip() != "n/a" and not s.strip().startswith("#")
+)
+ROW = st.tuples(NAME, st.integers(0, 500), NAME)
+FILLER = st.sampled_from(["", "   ", "\t", "# a comment", "  # indented\tcomment", "#run\tonset"])
+
+
+@FUZZ
+@given(lines=st.lists(st.lists(FIELD, max_size=5).map("\t".join), max_size=8), header=st.booleans())
+def test_events_parser_random_tables(lines, header):
+    """Any text: rows or one MindVideoError whose message is one line naming the file (and the line of a row)."""
+    from mindvideo.data.events import parse_events
+
+    text = "\n".join((["run\tonset\tstimulus"] if header else []) + lines)
+    try:
+        events = parse_events(text, "events.tsv")
+    except MindVideoError as exc:
+        message = str(exc)
+        assert message.startswith("expected") and "events.tsv" in message, message
+        assert "\n" not in message and "\r" not in message, message
+        return
+    content = [n for n, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1)]
+    assert len({(e.run, e.onset, e.stimulus) for e in events}) == len(events)  # no duplicate survives
+    assert all(e.line in content and e.run and e.stimulus and e.onset >= 0 for e in events)
+
+
+@FUZZ
+@given(
+    rows=st.lists(ROW, min_size=1, max_size=6, unique_by=lambda r: (r[0].strip(), r[1], r[2].strip())),
+    filler=st.lists(st.tuples(st.integers(0, 7), FILLER), max_size=4),
+    damage=st.one_of(st.none(), st.tuples(st.integers(0, 5), st.sampled_from(["drop", "extra", "duplicate"]))),
+    newline=st.sampled_from(["\n", "\r\n"]),
+)
+def test_events_parser_valid_tables_with_damage(rows, filler, damage, newline):
+    """A valid table with blank/comment lines anywhere parses to exactly its rows; a row with a missing or extra
+    field, or a repeated row, is refused naming its line."""
+    from mindvideo.data.events import parse_events
+
+    lines = ["run\tonset\tstimulus"] + [f"{run}\t{onset}\t{stimulus}" for run, onset, stimulus in rows]
+    bad = None
+    if damage is not None:
+        index, kind = damage[0] % len(rows) + 1, damage[1]
+        if kind == "duplicate":
+            lines.append(lines[index])
+            bad = len(lines) - 1
+        else:
+            lines[index] = lines[index].rsplit("\t", 1)[0] if kind == "drop" else lines[index] + "\textra"
+            bad = index
+    for position, text in sorted(filler, reverse=True):
+        lines.insert(min(position, len(lines)), text)
+        if bad is not None and position <= bad:
+            bad += 1
+    table = newline.join(lines) + newline
+    if bad is None:
+        events = parse_events(table, "events.tsv")
+        assert [(e.run, int(e.onset), e.stimulus) for e in events] == [(r.strip(), o, s.strip()) for r, o, s in rows]
+        return
+    try:
+        parse_events(table, "events.tsv")
+    except MindVideoError as exc:
+        assert f"line {bad + 1} " in str(exc) and "\n" not in str(exc), (str(exc), table)
+    else:
+        raise AssertionError(f"accepted a damaged table: {table!r}")
