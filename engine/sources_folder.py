@@ -27,6 +27,8 @@ DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".lock", ".crdownload", ".swp")
 TR_SUFFIXES = (".dtseries.nii", ".nii.gz", ".nii", ".npy", *DICOM_SUFFIXES)
 MAX_GAP = 64  # a jump of more TR numbers than this is a new numbering, not missing TRs
+RELIST_S = 0.25  # between changes of the folder itself only the files being written are looked at; a full listing
+# at least this often covers file systems whose folder timestamps are coarse
 WAIT = object()  # a file not ready yet
 
 
@@ -146,6 +148,10 @@ class _Seen:
     reason: str = ""
 
 
+def _signature(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
 class FolderWatcher:
     """A daemon thread listing ``folder`` every ``poll_s``: first sightings, sizes, out-of-order arrivals."""
 
@@ -157,6 +163,8 @@ class FolderWatcher:
         self.last_sighting = time.monotonic()
         self._max_tr: int | None = None
         self._failing = False
+        self._folder_key: tuple[int, int, int] | None = None
+        self._listed_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mindvideo-folder-watcher", daemon=True)
 
@@ -184,9 +192,12 @@ class FolderWatcher:
             self.scan()
 
     def _list(self) -> dict[str, tuple[int, int]] | None:
+        """``{name: (size, mtime_ns)}`` of the per-TR files not used yet; None when the folder cannot be read."""
         try:
+            if not self._folder_changed():  # a big folder costs ms to list: then only the pending files
+                return self._stat_pending()
             with os.scandir(self.folder) as entries:
-                names = [e for e in entries if tr_file_kind(e.name) and e.name not in self.done]
+                names = [e for e in entries if e.name not in self.done and tr_file_kind(e.name)]
                 listed = {}
                 for entry in names:
                     try:
@@ -194,14 +205,32 @@ class FolderWatcher:
                     except FileNotFoundError:  # renamed or removed between listing and stat
                         continue
                     if stat.S_ISREG(st.st_mode):
-                        listed[entry.name] = (st.st_size, st.st_mtime_ns)
+                        listed[entry.name] = _signature(st)
         except OSError as exc:
             if not self._failing:
                 log.warning("cannot list the watched folder %s (%s): retrying", self.folder, exc.strerror or exc)
-            self._failing = True
+            self._failing, self._folder_key = True, None
             return None
         self._failing = False
         return listed
+
+    def _stat_pending(self) -> dict[str, tuple[int, int]]:
+        listed = {}
+        for name in list(self.pending):
+            try:
+                listed[name] = _signature(os.stat(self.folder / name))
+            except FileNotFoundError:  # renamed or removed (the next full listing confirms it)
+                continue
+        return listed
+
+    def _folder_changed(self) -> bool:
+        """Whether the folder's entries may have changed since the last full listing (or that is RELIST_S old)."""
+        st, now = os.stat(self.folder), time.monotonic()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key == self._folder_key and now - self._listed_at < RELIST_S:
+            return False
+        self._folder_key, self._listed_at = key, now
+        return True
 
     def scan(self) -> None:
         listed = self._list()
