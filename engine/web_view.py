@@ -302,7 +302,7 @@ class WebSink:
         try:
             self.state.add_event(record)
         except Exception as exc:  # an event must never stop the scan
-            log.warning("web view: event %r not shown (%s)", record.get("type"), exc)
+            log.warning("web view: event %r not shown (%s: %s)", record, type(exc).__name__, exc)
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         """Publish the final summary, wait (at most ``linger_s``) until every connected viewer has it, stop."""
