@@ -190,8 +190,10 @@ class ExportedModel:
 
     @property
     def scheduler_config(self) -> dict[str, Any]:
-        path = self.root / "scheduler_config.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        """The export's copy of the checkpoint's scheduler config; missing schedule keys are refused by name."""
+        from mindvideo.checkpoint import load_scheduler_config
+
+        return load_scheduler_config(self.root)
 
 
 def load_export(export_dir: str | Path, *, hash_check: bool = True) -> ExportedModel:

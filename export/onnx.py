@@ -27,6 +27,8 @@ from mindvideo.checkpoint import find_weights, load_scheduler_config
 from mindvideo.config import read_json
 from mindvideo.errors import MindVideoError
 from mindvideo.fsutil import check_not_cwd, folder_mode
+from mindvideo.models.fmri_encoder import FMRIEncoderConfig
+from mindvideo.weights import verify_checksum
 
 from . import graph, verify
 from .manifest import (
@@ -131,10 +133,12 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         folder = root / COMPONENT[network]
         configs[COMPONENT[network]] = read_json(folder / "config.json")
         config_sha[network] = sha256_json(configs[COMPONENT[network]])
-        weights_sha[network] = sha256_file(find_weights(folder))
+        weights_sha[network] = sha256_file(weights := find_weights(folder))
+        verify_checksum(weights, weights_sha[network])  # a damaged weight file is refused before any export
     if "tiny_decoder" in networks:  # its graph divides by the VAE's scaling factor: a changed factor re-exports it
         scaling = configs["vae"].get("scaling_factor")
         config_sha["tiny_decoder"] = sha256_json({"tiny_decoder": configs["tiny_decoder"], "vae_scaling": scaling})
+    FMRIEncoderConfig.load(root / "fmri_encoder" / "config.json")  # a missing shape key is named here
     shapes = NetworkShapes.from_configs(configs["fmri_encoder"], configs["unet"], configs["vae"])
     scheduler = load_scheduler_config(root / "scheduler")
     return CheckpointInfo(root, shapes, config_sha, weights_sha, scheduler, networks)

@@ -22,10 +22,13 @@ from mindvideo.models.fmri_encoder import load_fmri_encoder as load_fmri_encoder
 from mindvideo.models.unet import VideoUNet, VideoUNetConfig
 from mindvideo.models.unet import load_unet as load_unet
 from mindvideo.weights import WEIGHT_NAMES as WEIGHT_NAMES
+from mindvideo.weights import check_module_finite, verify_checksum
 from mindvideo.weights import find_weights as find_weights
 from mindvideo.weights import load_into as load_into
 from mindvideo.weights import read_state_dict as read_state_dict
 from mindvideo.weights import save_component as save_component
+from mindvideo.weights import set_verification as set_verification
+from mindvideo.weights import write_checksums as write_checksums
 
 COMPONENTS = ("fmri_encoder", "unet", "vae", "scheduler")
 
@@ -36,21 +39,39 @@ def load_vae(path: str | Path):
 
     folder = Path(path)
     read_json(folder / "config.json")  # one clear error for a missing/corrupt config
-    find_weights(folder)
+    weights = find_weights(folder)
+    verify_checksum(weights)
     try:
-        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
         raise MindVideoError(
             f"expected a diffusers AutoencoderKL in {folder}",
             f"{type(exc).__name__}: {exc}",
             "re-save the VAE with diffusers' save_pretrained",
         ) from None
+    check_module_finite(vae, weights)
+    return vae
+
+
+# the keys that fix the noise schedule: diffusers would fill any missing one with its own default (a linear
+# 0.0001–0.02 schedule, not SD's), which changes every sample without a word
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
 
 
 def load_scheduler_config(path: str | Path) -> dict[str, Any]:
-    """The diffusers scheduler config of ``CKPT/scheduler``."""
-    folder = Path(path)
-    return read_json(folder / "scheduler_config.json")
+    """The diffusers scheduler config of ``CKPT/scheduler``; refuses one missing a key of :data:`SCHEDULE_KEYS`
+    (``trained_betas`` may stand in for the three ``beta_*`` keys)."""
+    file = Path(path) / "scheduler_config.json"
+    config = read_json(file)
+    required = SCHEDULE_KEYS[:1] if config.get("trained_betas") is not None else SCHEDULE_KEYS
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise MindVideoError(
+            f"expected the noise-schedule keys {', '.join(required)} in {file}",
+            f"{', '.join(missing)} missing",
+            "restore the checkpoint's scheduler_config.json (SD-1.5: scaled_linear, 0.00085–0.012, 1000 steps)",
+        )
+    return config
 
 
 def load_components(path: str | Path, *, num_voxels: int | None = None, vae: bool = True) -> dict[str, Any]:
@@ -148,6 +169,7 @@ def build_random_checkpoint(
         save_component(encoder, tmp / "fmri_encoder")
         save_component(unet, tmp / "unet")
         vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+        write_checksums(tmp / "vae")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
     return Path(path)

@@ -25,6 +25,9 @@ class Config:
 
     # keys a stored config may carry that this config reads no value from (besides ``_``-prefixed bookkeeping)
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset()
+    # keys a stored config must give (``load`` refuses a file without them): a default there would build a network
+    # of another shape and fail later on an unrelated weight
+    REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,7 +54,15 @@ class Config:
 
     @classmethod
     def load(cls: type[C], path: str | Path, **overrides: Any) -> C:
-        return cls._strict_build({**read_json(path), **overrides}, f" in {path}")
+        data = {**read_json(path), **overrides}
+        missing = [key for key in cls.REQUIRED_KEYS if key not in data]
+        if missing:
+            raise MindVideoError(
+                f"expected the {cls.__name__} keys {', '.join(cls.REQUIRED_KEYS)} in {path}",
+                f"{', '.join(missing)} missing",
+                "restore the config.json that came with these weights",
+            )
+        return cls._strict_build(data, f" in {path}")
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)

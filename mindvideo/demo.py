@@ -394,13 +394,17 @@ def _is_assets(folder: Path) -> bool:
 
 
 def _store_half(checkpoint: Path, names: tuple[str, ...] = ("fmri_encoder", "unet", "vae")) -> None:
-    """Network weights stored as float16 (half the download; the pipeline loads them into float32 networks)."""
+    """Network weights stored as float16 (half the download; the pipeline loads them into float32 networks), with
+    their ``weights.sha256`` rewritten to match."""
     from safetensors.torch import load_file, save_file
+
+    from mindvideo.weights import write_checksums
 
     for name in names:
         for path in (checkpoint / name).glob("*.safetensors"):
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
             save_file(tensors, str(path), metadata={"format": "pt"})
+        write_checksums(checkpoint / name)
 
 
 def clip_labels(split, labels: dict[str, list[int]]) -> np.ndarray:

@@ -18,7 +18,7 @@ from mindvideo.cli.data import data
 from mindvideo.cli.eval import eval_command
 from mindvideo.cli.explain import explain
 from mindvideo.cli.export import export
-from mindvideo.cli.group import Group
+from mindvideo.cli.group import Group, add_weight_verification
 from mindvideo.cli.stream import stream
 from mindvideo.cli.train import train
 
@@ -43,3 +43,4 @@ def main(verbose: int) -> None:
 
 for _command in [*core.COMMANDS, bench, data, eval_command, explain, export, stream, train]:
     main.add_command(_command)
+add_weight_verification(main)

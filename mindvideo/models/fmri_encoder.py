@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class FMRIEncoderConfig(Config):
     """Reference config keys (``num_voxels`` … ``logit_scale_init_value``) plus the MBM decoder's size."""
+
+    # the keys that fix the weights' shapes; every reference and mindvideo config.json has them
+    REQUIRED_KEYS: ClassVar[tuple[str, ...]] = (
+        "num_voxels",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "out_channel",
+        "out_dim",
+    )
 
     num_voxels: int = 4656
     patch_size: int = 16

@@ -30,6 +30,7 @@ from mindvideo.train.config import StageConfig, TrainConfig, check_all
 from mindvideo.train.data import ArrayDataset, StepRandom, load_split
 from mindvideo.train.stages.base import Objective, Stage, substate
 from mindvideo.train.stages.unet_text import VideoValidation, unet_shard_units, validate_video, video_diffusion_checks
+from mindvideo.weights import write_checksums
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class CotrainStage(Stage):
         save_component(encoder, folder / "fmri_encoder")
         save_component(unet, folder / "unet")
         self.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+        write_checksums(folder / "vae")
         (folder / "scheduler").mkdir()
         (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
         self.transform.save(folder / "data_transform")

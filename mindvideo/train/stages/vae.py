@@ -23,6 +23,7 @@ from mindvideo.train.config import StageConfig, TrainConfig, check_all
 from mindvideo.train.data import ArrayDataset, StepRandom, load_split
 from mindvideo.train.stages.base import Objective, Stage, substate
 from mindvideo.train.tracking import write_grid
+from mindvideo.weights import write_checksums
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class VAEStage(Stage):
         vae.load_state_dict(substate(state, "vae"))
         vae.register_to_config(scaling_factor=latent_scale(vae, self.frames))
         vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+        write_checksums(folder / "vae")
 
     def describe(self) -> dict[str, Any]:
         return {"frames": len(self.frames), "frame_size": self.frame_size}
