@@ -67,7 +67,7 @@ __all__ = [
     "tr_number",
 ]
 
-SOURCE_KINDS = ("folder", "tcp", "stdin")
+SOURCE_KINDS = ("folder", "tcp", "stdin", "lsl")
 
 
 @dataclasses.dataclass
@@ -78,6 +78,7 @@ class SourceSpec:
     folder: Path | None = None
     host: str = "127.0.0.1"
     port: int = 0
+    name: str = ""  # lsl: the stream name
 
 
 def parse_source(spec: str) -> SourceSpec:
@@ -95,8 +96,10 @@ def parse_source(spec: str) -> SourceSpec:
         host = host or "127.0.0.1"
         check_localhost(host, spec)
         return SourceSpec("tcp", host="127.0.0.1", port=parse_port(port, f"--source {spec}"))
+    if kind == "lsl" and arg.strip():
+        return SourceSpec("lsl", name=arg)
     raise MindVideoError(
-        "expected --source folder:DIR, tcp:127.0.0.1:PORT or stdin", repr(spec), "fix the --source option"
+        "expected --source folder:DIR, tcp:127.0.0.1:PORT, stdin or lsl:NAME", repr(spec), "fix the --source option"
     )
 
 
@@ -112,12 +115,14 @@ def open_source(
     settle_s: float = 0.0,
     reconnect_timeout_s: float = 10.0,
     reorder_s: float = 1.0,
+    channels: int | None = None,
 ) -> FolderSource | TcpSource | StreamSource:
     """Open a parsed or textual ``--source``. A TCP source binds its port here (so "port in use" comes first).
 
     ``settle_s`` (folder): a file is taken once its size has not changed for that long; ``reorder_s`` (folder): how
     long a missing TR's file may come after a later one's; ``reconnect_timeout_s`` (tcp): how long a dropped scanner
-    has to connect again before the scan ends."""
+    has to connect again before the scan ends. ``lsl``: resolves the stream within ``connect_timeout_s`` and checks
+    its type and channel count (``channels``: the raw voxel count) here; see :mod:`mindvideo.engine.lsl`."""
     spec = parse_source(spec) if isinstance(spec, str) else spec
     for name, value in (("--settle", settle_s), ("--reconnect-timeout", reconnect_timeout_s)):
         if not value >= 0:
@@ -128,4 +133,15 @@ def open_source(
         )
     if spec.kind == "tcp":
         return TcpSource(spec.port, max_trs, connect_timeout_s, idle_timeout_s, reconnect_timeout_s)
+    if spec.kind == "lsl":
+        from mindvideo.engine.lsl import LslSource
+
+        return LslSource(
+            spec.name,
+            channels,
+            max_trs=max_trs,
+            resolve_timeout_s=connect_timeout_s,
+            idle_timeout_s=idle_timeout_s,
+            reconnect_timeout_s=reconnect_timeout_s,
+        )
     return StreamSource(stdin or sys.stdin.buffer, max_trs, "stdin")
