@@ -212,10 +212,12 @@ def config_path() -> Path | None:
 class LslSource:
     """TRs from the LSL stream ``name`` (type fMRI, ``channels`` float channels, one TR per sample).
 
-    Resolved on creation (within ``resolve_timeout_s``; the stream's type and channel count are checked then).
-    When the outlet disappears, the stream is resolved again for at most ``reconnect_timeout_s`` (TRs sent while
-    it was gone are lost: LSL keeps no backlog for a new inlet); the scan ends after ``idle_timeout_s`` without a
-    sample or after ``max_trs`` TRs. ``events``: disconnects, reconnects."""
+    Resolved on creation (within ``resolve_timeout_s``; the stream's type and channel count are checked then). A
+    reader thread moves each sample out of liblsl as soon as it arrives (liblsl discards what an inlet still holds
+    when its outlet goes away). When the outlet disappears, the stream is resolved again for at most
+    ``reconnect_timeout_s`` (a restarted sender is picked up; TRs sent while no outlet existed are lost: LSL keeps no
+    backlog), else the scan ends; it also ends after ``idle_timeout_s`` without a sample or after ``max_trs`` TRs.
+    ``events``: disconnects, reconnects."""
 
     def __init__(
         self,
@@ -233,7 +235,11 @@ class LslSource:
         self.idle_timeout_s, self.reconnect_timeout_s, self.poll_s = idle_timeout_s, reconnect_timeout_s, poll_s
         self.events: dict[str, int] = {"disconnects": 0, "reconnects": 0}
         self._correction, self._corrected_at = 0.0, -1e9
+        self._items: queue.Queue = queue.Queue()  # (values, monotonic arrival) | None (the stream is over)
+        self._stop = threading.Event()
         self._inlet = self._open(resolve_timeout_s)
+        self._thread = threading.Thread(target=self._read, name=f"mindvideo-lsl-source-{name}", daemon=True)
+        self._thread.start()
 
     def _open(self, timeout_s: float) -> Any:
         """Resolve, check and open the stream (MindVideoError when it is not there in time or does not fit)."""
@@ -242,71 +248,81 @@ class LslSource:
             raise MindVideoError(
                 f"expected an LSL stream named {self.name!r} within {timeout_s:g} s (loopback-only unless "
                 f"{CONFIG_ENV} names another configuration)",
-                "none found",
+                "no such stream",
                 "start the outlet first, check the name, or raise --connect-timeout",
             )
         info = next((i for i in found if i.type().lower() == FMRI_TYPE.lower()), found[0])
         check_stream(info.name(), info.type(), info.channel_count(), info.channel_format(), self.channels, self.pylsl)
         inlet = self.pylsl.StreamInlet(info, max_buflen=360, recover=False)
         inlet.open_stream(timeout=timeout_s)
+        self._corrected_at = -1e9  # a new sender: ask for its clock offset with its first sample
         log.info("LSL source: %s (%d channels) from %s", info.name(), info.channel_count(), info.hostname())
         return inlet
 
     def close(self) -> None:
-        """Close the inlet."""
+        """Stop the reader thread and close the inlet."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
         if self._inlet is not None:
             with contextlib.suppress(Exception):
                 self._inlet.close_stream()
             self._inlet = None
 
     def __iter__(self) -> Iterator[Arrival]:
-        count, last = 0, time.monotonic()
+        count = 0
         while self.max_trs is None or count < self.max_trs:
-            samples, stamps = self._pull()
-            if samples is None:  # lost and not back within reconnect_timeout_s
-                return
-            for values, stamp in zip(samples, stamps):
-                payload = np.asarray(values, dtype=np.float32)
-                yield Arrival(count, payload, self._arrival(stamp), f"lsl#{count}", tr=count)
-                count, last = count + 1, time.monotonic()
-                if count == self.max_trs:
-                    return
-            if not samples and time.monotonic() - last > self.idle_timeout_s:
+            try:
+                item = self._items.get(timeout=self.idle_timeout_s)
+            except queue.Empty:
                 log.warning(
                     "LSL source: no sample for %.1f s: ending the scan after %d TRs", self.idle_timeout_s, count
                 )
                 return
+            if item is None:
+                return
+            values, arrival = item
+            yield Arrival(count, values, arrival, f"lsl#{count}", tr=count)
+            count += 1
 
-    def _pull(self) -> tuple[list | None, list]:
-        """Available samples (waiting at most ``poll_s``), or (None, []) when the outlet is gone for good."""
+    def _read(self) -> None:
+        """The reader thread: samples → ``_items`` (with their arrival on this process's clock); reconnects."""
         try:
-            samples, stamps = self._inlet.pull_chunk(timeout=self.poll_s, max_samples=256)
-            return samples, stamps
-        except self.pylsl.util.LostError:
-            self.events["disconnects"] += 1
-            log.warning(
-                "LSL source: stream %r lost; resolving it again for %.1f s", self.name, self.reconnect_timeout_s
-            )
-        self.close()
+            while not self._stop.is_set():
+                try:
+                    values, stamp = self._inlet.pull_sample(timeout=self.poll_s)
+                except self.pylsl.util.LostError:
+                    if not self._reconnect():
+                        return
+                    continue
+                if values is not None:
+                    self._items.put((np.asarray(values, np.float32), self._arrival(stamp)))
+        except Exception as exc:  # the scan ends; the reason is logged
+            log.error("LSL source: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._items.put(None)
+
+    def _reconnect(self) -> bool:
+        self.events["disconnects"] += 1
+        log.warning("LSL source: stream %r lost; resolving it again for %.1f s", self.name, self.reconnect_timeout_s)
+        with contextlib.suppress(Exception):
+            self._inlet.close_stream()
         try:
             self._inlet = self._open(self.reconnect_timeout_s)
         except MindVideoError as exc:
-            if "none found" not in str(exc):
-                raise
-            log.warning(
-                "LSL source: %r did not come back within %.1f s: ending the scan", self.name, self.reconnect_timeout_s
-            )
-            return None, []
+            log.warning("LSL source: %r not back within %.1f s (%s): ending the scan", self.name,
+                        self.reconnect_timeout_s, exc.found)  # fmt: skip
+            return False
         self.events["reconnects"] += 1
-        return [], []
+        return True
 
     def _arrival(self, stamp: float) -> float:
         """The sample's LSL timestamp (sender's clock) → this process's ``time.monotonic()``, never in the future."""
         now_lsl, now = self.pylsl.local_clock(), time.monotonic()
-        if now - self._corrected_at > 1.0:  # liblsl refreshes its estimate every few seconds: ask once a second
-            with contextlib.suppress(Exception):  # no estimate (yet): the previous one, or one clock (same machine)
-                self._correction = self._inlet.time_correction(timeout=1.0)
-            self._corrected_at = now
+        if now - self._corrected_at > 5.0:  # liblsl refreshes its estimate every few seconds; never wait for it
+            with contextlib.suppress(Exception):  # none yet (it takes ~0.5 s): the last one, or one clock
+                self._correction = self._inlet.time_correction(timeout=0.0)
+                self._corrected_at = now
         return min(now, now - (now_lsl - (stamp + self._correction)))
 
 
