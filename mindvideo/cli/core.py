@@ -151,6 +151,39 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
     "one CUDA graph; auto = graph for --backend torch on CUDA, else c.",
 )
 @click.option(
+    "--ray",
+    is_flag=False,
+    flag_value="local",
+    metavar="[ADDRESS]",
+    help="With --data: run the batches as shards on a Ray cluster: a running one's HOST:PORT (ray start --head), "
+    "ray://HOST:PORT or auto; alone, a local cluster on 127.0.0.1. Same output as without, bit for bit.",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    help="With --ray: model-holding workers [default: one per GPU (--device cuda) or per --ray-cpus-per-worker CPUs].",
+)
+@click.option(
+    "--ray-cpus-per-worker", type=click.FloatRange(min=0), default=1.0, show_default=True, help="With --ray."
+)
+@click.option(
+    "--ray-gpus-per-worker",
+    type=click.FloatRange(min=0),
+    help="With --ray [default: 1 with --device cuda, else 0].",
+)
+@click.option(
+    "--ray-work",
+    type=click.Path(path_type=Path),
+    help="With --ray: the shard folder; a job run again reuses the finished shards [default: OUT.shards].",
+)
+@click.option(
+    "--sweep",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="With --ray, repeatable: run every combination of guidance / steps / seed values in one job; each writes "
+    "OUT's name with the setting (recon.guidance7.5-seed1.npy) and, with --eval, REPORT/<setting>/.",
+)
+@click.option(
     "--out",
     required=True,
     type=click.Path(path_type=Path),
@@ -171,12 +204,22 @@ def generate(**options):
       mindvideo generate --backend onnxruntime --engine exported/ --fmri window.npy --decoder tiny --out clip.mp4
       mindvideo generate --checkpoint CKPT --data prepared/ --split test --batch-size 8 --out recon.npy \\
           --eval report/ --classifier models/vit-base-patch16-224
+      mindvideo generate --checkpoint CKPT --data prepared/ --out recon.npy --ray --ray-workers 2 \\
+          --sweep guidance=3,7.5
     """
     from mindvideo.cli import generation as steps
 
+    options["sweep"] = tuple(options["sweep"])
     opts = steps.GenerateOptions(**options, given=steps.given_options(options))
     steps.check_options(opts)
     request = steps.resolve_request(opts)
+    if opts.ray is not None:
+        from mindvideo.cluster import run_generate
+
+        for run in run_generate(opts, request):
+            print_table(run.rows, title=run.tag or None)
+            click.echo(f"negative condition: {run.request.negative_note['text']}")
+        return
     model = steps.load_model(opts)
     request = steps.finish_request(model, request, opts)
     print_table(steps.write_and_score(model, request, opts))

@@ -64,6 +64,12 @@ class GenerateOptions:
     engine: Path | None = None
     loop: str = "auto"
     overwrite: bool = False
+    ray: str | None = None  # --ray: "local" (a cluster started on 127.0.0.1) or a running cluster's address
+    ray_workers: int | None = None
+    ray_cpus_per_worker: float = 1.0
+    ray_gpus_per_worker: float | None = None
+    ray_work: Path | None = None
+    sweep: tuple[str, ...] = ()  # --sweep KEY=V1,V2,... (guidance, steps, seed), with --ray
     given: frozenset[str] = frozenset()
 
 
@@ -120,7 +126,9 @@ def check_options(opts: GenerateOptions) -> None:
         raise MindVideoError("expected --eval REPORT with the evaluation options", named, "add --eval report/")
     if opts.overwrite and opts.eval_out is None:
         raise MindVideoError("expected --eval REPORT with --overwrite", "no --eval", "drop --overwrite")
-    if opts.eval_out is not None:  # before any generation: a refused report folder must not cost the run
+    # before any generation: a refused report folder must not cost the run (a sweep's, one per setting, are
+    # checked by mindvideo.cluster before its job starts)
+    if opts.eval_out is not None and not opts.sweep:
         from mindvideo.eval.report import COMMAND as REPORT_COMMAND
         from mindvideo.fsutil import check_output_folder
 
@@ -138,6 +146,31 @@ def check_options(opts: GenerateOptions) -> None:
             "add --backend torch",
         )
     check_engine_settings(opts.backend, opts.engine, opts.dtype, opts.device, opts.given)
+    check_ray_options(opts)
+
+
+def check_ray_options(opts: GenerateOptions) -> None:
+    """``--ray`` reconstructs a prepared split (``--data``); its companions and ``--sweep`` need it."""
+    companions = {
+        "ray_workers": "--ray-workers",
+        "ray_cpus_per_worker": "--ray-cpus-per-worker",
+        "ray_gpus_per_worker": "--ray-gpus-per-worker",
+        "ray_work": "--ray-work",
+        "sweep": "--sweep",
+    }
+    if opts.ray is None:
+        named = [flag for name, flag in companions.items() if name in opts.given]
+        if named:
+            raise MindVideoError(
+                f"expected --ray with {' / '.join(named)}", "no --ray", "add --ray (a local cluster) or --ray ADDRESS"
+            )
+        return
+    if opts.data is None:
+        raise MindVideoError(
+            "expected --data with --ray (the windows of a prepared split are cut into shards)",
+            "--fmri or --scan",
+            "pass a prepared dataset with --data, or drop --ray",
+        )
 
 
 def given_options(names) -> frozenset[str]:
@@ -361,22 +394,35 @@ def describe_negative(model, request: GenerateRequest, opts: GenerateOptions, st
 # --------------------------------------------------------------------------------------------------- 4. output
 
 
+def output_kind(out: Path) -> str:
+    """What the model returns for ``out``: ``"float"`` (B, 3, F, H, W) for .npy, else ``"uint8"`` (B, F, H, W, 3)."""
+    return "float" if Path(out).suffix == ".npy" else "uint8"
+
+
 def write_and_score(model, request: GenerateRequest, opts: GenerateOptions) -> list[tuple[str, str]]:
     """Generate, write the videos and ``<out>.json``, then (``--eval``) score them; the table's rows."""
+    start = time.perf_counter()
+    output = output_kind(opts.out)
+    video = generate_batches(model, request.fmri, request.negative, request.cfg, request.batch_size, output)
+    return write_results(video, time.perf_counter() - start, request, opts)
+
+
+def write_results(
+    video: np.ndarray, seconds: float, request: GenerateRequest, opts: GenerateOptions, extra: dict | None = None
+) -> list[tuple[str, str]]:
+    """Write the videos of one generation (however it ran) and ``<out>.json`` (plus ``extra`` records), then
+    (``--eval``) score them; the table's rows."""
     from mindvideo.media import write_video, write_videos
 
     out = Path(opts.out)
-    start = time.perf_counter()
-    output = "float" if out.suffix == ".npy" else "uint8"
-    video = generate_batches(model, request.fmri, request.negative, request.cfg, request.batch_size, output)
-    seconds = time.perf_counter() - start
+    output = output_kind(out)
     rows = [("clips", str(video.shape[0])), ("shape", str(tuple(video.shape))), ("seconds", f"{seconds:.2f}")]
     # the reconstructions are written first: a failing evaluation must not throw away the generation
     if out.suffix == ".npy":
         paths = [write_video(out, video)]
     else:
         paths = write_videos(out, video, opts.fps or request.cfg.num_frames / 2.0)
-    sidecar = write_sidecar(out, request, opts, video.shape, paths, seconds)
+    sidecar = write_sidecar(out, request, opts, video.shape, paths, seconds, extra)
     rows.append(("written", ", ".join(map(str, [*paths, sidecar]))))
     if request.truth is not None:
         from mindvideo.eval.evaluate import evaluate_videos
@@ -395,13 +441,24 @@ def write_and_score(model, request: GenerateRequest, opts: GenerateOptions) -> l
 def generate_batches(model, fmri: np.ndarray, negative, cfg, batch_size: int, output: str) -> np.ndarray:
     """Every window in batches of ``batch_size`` (0 = one call); each call draws its noise from ``cfg.seed``. A
     negative with one window per input is cut like the inputs."""
-    size = batch_size or len(fmri)
-    per_window = negative is not None and np.ndim(negative) == 3 and len(negative) == len(fmri) > 1
     parts = [
-        model(fmri[i : i + size], negative[i : i + size] if per_window else negative, cfg, output=output)
-        for i in range(0, len(fmri), size)
+        model(fmri[start:end], batch_negative(negative, len(fmri), start, end), cfg, output=output)
+        for start, end in batch_ranges(len(fmri), batch_size)
     ]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def batch_ranges(windows: int, batch_size: int) -> list[tuple[int, int]]:
+    """The (start, end) windows of each model call: ``batch_size`` at a time (0 = all in one call). A window's noise
+    is row ``start - batch start`` of the call's draw from the seed, so these ranges fix every window's noise."""
+    size = batch_size or windows
+    return [(start, min(start + size, windows)) for start in range(0, windows, size)]
+
+
+def batch_negative(negative, windows: int, start: int, end: int):
+    """The negative of the call over windows ``start:end``: cut like the inputs when it has one window per input."""
+    per_window = negative is not None and np.ndim(negative) == 3 and len(negative) == windows > 1
+    return negative[start:end] if per_window else negative
 
 
 def sidecar_path(out: Path) -> Path:
@@ -409,8 +466,11 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def write_sidecar(out: Path, request: GenerateRequest, opts: GenerateOptions, shape, paths, seconds: float) -> Path:
-    """``<out>.json`` (written whole): inputs, model, sampling settings, the negative condition and the files."""
+def write_sidecar(
+    out: Path, request: GenerateRequest, opts: GenerateOptions, shape, paths, seconds: float, extra: dict | None = None
+) -> Path:
+    """``<out>.json`` (written whole): inputs, model, sampling settings, the negative condition, the files (and
+    ``extra``, e.g. how a Ray job ran)."""
     from mindvideo import __version__
     from mindvideo.media import atomic_path
 
@@ -433,6 +493,7 @@ def write_sidecar(out: Path, request: GenerateRequest, opts: GenerateOptions, sh
         record["input"]["trs"] = opts.trs
     if opts.data is not None:
         record["input"]["split"] = opts.split
+    record.update(extra or {})
     record["model"] = {k: None if v is None else str(v) for k, v in record["model"].items()}
     path = sidecar_path(out)
     with atomic_path(path) as tmp:
