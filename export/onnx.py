@@ -26,7 +26,7 @@ from typing import Any
 from mindvideo.checkpoint import find_weights, load_scheduler_config
 from mindvideo.config import read_json
 from mindvideo.errors import MindVideoError
-from mindvideo.fsutil import check_not_cwd, folder_mode
+from mindvideo.fsutil import check_not_cwd, folder_lock, folder_mode
 from mindvideo.models.fmri_encoder import FMRIEncoderConfig
 from mindvideo.weights import verify_checksum
 
@@ -174,13 +174,18 @@ def export_onnx(
     """Export the three networks of ``checkpoint`` (and its tiny decoder, if it has one) to ``out`` (see the module
     docstring); returns the manifest and one :class:`NetworkResult` per network. ``force`` re-exports even when the
     cache key matches."""
-    say = progress or log.info
     graph.check_opset(settings.opset)
     graph.check_exporter(settings.exporter, settings.spec.attention)  # before anything is traced
     out, info = Path(out), inspect_checkpoint(checkpoint)
+    check_not_cwd(out)
+    with folder_lock(out, "export"):  # one export writes a folder at a time
+        return _export_locked(info, out, settings, force, progress or log.info)
+
+
+def _export_locked(info: CheckpointInfo, out: Path, settings: ExportSettings, force: bool, say) -> ExportResult:
     specs = build_specs(info.shapes, settings.spec, tiny_decoder="tiny_decoder" in info.networks)
     tools = tool_versions()
-    previous = _previous_manifest(out)
+    previous = _previous_manifest(out, force)
     keys = {name: cache_key(info, spec, settings, tools) for name, spec in specs.items()}
     reuse = {name for name in info.networks if not force and _reusable(out, previous, name, keys[name])}
     staging = _staging_dir(out)
@@ -268,8 +273,13 @@ def _result(name: str, entry: dict[str, Any], status: str) -> NetworkResult:
 # ------------------------------------------------------------------------------------------------ folder handling
 
 
-def _previous_manifest(out: Path) -> dict[str, Any] | None:
-    """The manifest already in ``out``, ``None`` for a new folder; refuses to write into an unrelated folder."""
+# what an export folder holds besides its manifest: a folder of only these is an export whose manifest was lost
+EXPORT_ENTRIES = frozenset({"onnx", "engines", "scheduler_config.json"})
+
+
+def _previous_manifest(out: Path, force: bool = False) -> dict[str, Any] | None:
+    """The manifest already in ``out``, ``None`` for a new folder; refuses to write into an unrelated folder. An
+    export folder whose manifest is gone is rebuilt in place with ``force`` (``{"networks": {}, "rebuild": True}``)."""
     check_not_cwd(out)  # a new export replaces the (empty) folder itself
     if not out.exists():
         return None
@@ -277,6 +287,15 @@ def _previous_manifest(out: Path) -> dict[str, Any] | None:
         raise MindVideoError("expected --out to be a folder", f"a file at {out}", "choose another path")
     if not (out / MANIFEST).is_file():
         entries = sorted(p.name for p in out.iterdir())
+        if entries and set(entries) <= EXPORT_ENTRIES and (out / "onnx").is_dir():
+            if not force:
+                raise MindVideoError(
+                    f"expected {MANIFEST} in the export folder {out}",
+                    f"an export without it ({', '.join(entries)})",
+                    "pass --force to rebuild it in place, or choose another --out",
+                )
+            log.warning("%s has no %s: rebuilding the export in place", out, MANIFEST)
+            return {"networks": {}, "rebuild": True}
         if entries:
             more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
             raise MindVideoError(
@@ -377,6 +396,8 @@ def _commit(staging: Path, out: Path, manifest: dict[str, Any], scheduler: dict[
     os.replace(staging / "scheduler_config.json", out / "scheduler_config.json")
     write_json_atomic(out / MANIFEST, manifest)
     stale = {f["path"] for e in previous.get("networks", {}).values() for f in e.get("files", [])} - new_files
+    if previous.get("rebuild"):  # no manifest said what the old graphs were: keep only this export's
+        stale = {f"onnx/{p.name}" for p in (out / "onnx").iterdir() if p.is_file()} - new_files
     for rel in stale:
         if Path(rel).parts[:1] == ("onnx",) and ".." not in Path(rel).parts:  # only graphs this export wrote
             (out / rel).unlink(missing_ok=True)

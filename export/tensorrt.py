@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from mindvideo.errors import MindVideoError
+from mindvideo.fsutil import folder_lock
 
 from . import plugin, trt_plugin
 from .cache import BuildConfig, EngineCache, Target, engine_key, load_engine
@@ -117,13 +118,14 @@ def build_engines(
     ``builds`` maps network → :class:`BuildConfig`; ``cache_dir`` defaults to ``export_dir/engines``.
     """
     say = progress or log.info
-    exported = load_export(export_dir)
-    target = current_target()
-    for build in builds.values():
-        build.check(target)
-    cache = EngineCache(cache_dir or Path(export_dir) / "engines")
-    results = [_build_one(exported, name, build, cache, target, force, say) for name, build in builds.items()]
-    _record_engines(exported, results, target)
+    with folder_lock(export_dir, "export"):  # the manifest is rewritten: one writer at a time
+        exported = load_export(export_dir)
+        target = current_target()
+        for build in builds.values():
+            build.check(target)
+        cache = EngineCache(cache_dir or Path(export_dir) / "engines")
+        results = [_build_one(exported, name, build, cache, target, force, say) for name, build in builds.items()]
+        _record_engines(exported, results, target)
     return results
 
 

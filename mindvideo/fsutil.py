@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -375,3 +377,75 @@ def remove_stale_staging(path: str | Path) -> list[Path]:
 def glob_escape(name: str) -> str:
     """``name`` with glob metacharacters escaped."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+# --------------------------------------------------------------------------------------------------- folder locks
+
+_LOCKS_HELD: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | Path, command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on writing the folder ``path`` for the block: ``.NAME.lock`` beside it, locked with
+    ``fcntl.flock`` and removed on release (a crash releases the lock with the process). A second process asking
+    for it is refused at once with a :class:`MindVideoError` naming the holder; the same process may nest it."""
+    path = Path(os.path.abspath(path))
+    lock = path.parent / f".{path.name}.lock"
+    if str(lock) in _LOCKS_HELD:
+        _LOCKS_HELD[str(lock)] += 1
+        try:
+            yield lock
+        finally:
+            _LOCKS_HELD[str(lock)] -= 1
+        return
+    fd = _acquire(lock, path, command)
+    _LOCKS_HELD[str(lock)] = 1
+    try:
+        yield lock
+    finally:
+        del _LOCKS_HELD[str(lock)]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still holding it: a process waiting on this file sees it gone and starts over
+        os.close(fd)
+
+
+def _acquire(lock: Path, path: Path, command: str) -> int:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MindVideoError(f"expected a writable folder for {path}", str(exc), "check the path") from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+        except OSError as exc:
+            raise MindVideoError(f"expected to create the lock file {lock}", str(exc), "check the folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise MindVideoError(
+                f"expected no other `mindvideo {command}` writing {path}",
+                f"one running ({holder}; lock {lock})",
+                "wait for it to finish, or choose another --out",
+            ) from None
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the holder released and removed that file meanwhile: lock the new one
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+    return fd
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        since = datetime.fromtimestamp(float(record["since"]), timezone.utc).isoformat(timespec="seconds")
+        return f"pid {int(record['pid'])} on {record['host']}, since {since}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another process"

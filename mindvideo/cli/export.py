@@ -140,6 +140,7 @@ def export(
     from mindvideo.export.manifest import write_json_atomic
     from mindvideo.export.onnx import ExportSettings, export_onnx
     from mindvideo.export.spec import Axis, SpecOptions
+    from mindvideo.fsutil import folder_lock
 
     onnx_precision, onnx_vae = _graph_precisions(fmt, precision, vae_precision)
     builds = _trt_preflight(fmt, precision, vae_precision, opt_level, workspace_gib) if fmt == "trt" else None
@@ -158,13 +159,14 @@ def export(
         attention=attention,
     )
     settings = ExportSettings(spec=spec, opset=opset, exporter=exporter, rtol=rtol, verify=not no_verify)
-    result = export_onnx(checkpoint, out, settings, force=force, progress=_say)
-    rows = [dataclasses.asdict(r) for r in result.networks]
-    _print_onnx_table(result)
-    if builds is not None:
-        if "tiny_decoder" in result.manifest["networks"]:  # the tiny decoder's engine: the VAE decoder's build
-            builds["tiny_decoder"] = builds["vae_decoder"]
-        rows += _build_engines(out, builds, cache_dir, force)
+    with folder_lock(out, "export"):  # graphs and engines of one run, not interleaved with another export's
+        result = export_onnx(checkpoint, out, settings, force=force, progress=_say)
+        rows = [dataclasses.asdict(r) for r in result.networks]
+        _print_onnx_table(result)
+        if builds is not None:
+            if "tiny_decoder" in result.manifest["networks"]:  # the tiny decoder's engine: the VAE decoder's build
+                builds["tiny_decoder"] = builds["vae_decoder"]
+            rows += _build_engines(out, builds, cache_dir, force)
     if json_path:
         write_json_atomic(json_path, {"out": str(out), "networks": rows})
 

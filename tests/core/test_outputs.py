@@ -259,3 +259,18 @@ def test_a_finished_output_holds_no_staging_marker(tmp_path):
     import signal
 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only while a staging folder does
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o007])
+@pytest.mark.parametrize("suffix", [".mp4", ".gif", ".npy"])
+def test_generate_outputs_follow_the_umask(tiny_ckpt, fmri_file, tmp_path, mask, suffix):
+    os.umask(mask)
+    out = tmp_path / f"clip{suffix}"
+    args = ["generate", "--checkpoint", tiny_ckpt, "--fmri", fmri_file, "--frames", "2", "--steps", "1", "--out", out]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name != fmri_file.name)
+    clips = [out.name] if suffix == ".npy" else [f"clip_000{suffix}", f"clip_001{suffix}"]  # .npy: one array
+    assert written == sorted([*clips, f"clip{suffix}.json"])
+    for name in written:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name
