@@ -29,20 +29,24 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, dim, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)  # (b, heads, n, d)
+    def split_heads(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(batch·n, C)`` token rows (or ``(batch, n, C)``) → ``(batch, heads, n, d)``."""
+        c = x.shape[-1]
+        return x.reshape(batch, -1, self.heads, c // self.heads).transpose(1, 2)
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, heads, n, d)`` → ``to_out`` of the ``(b·n, C)`` token rows."""
         b, h, n, d = x.shape
-        return self.to_out[0](x.transpose(1, 2).reshape(b, n, h * d))  # (b, n, C)
+        return self.to_out[0](x.transpose(1, 2).reshape(b * n, h * d))
 
-    def qkv(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def qkv(self, x: torch.Tensor, batch: int, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Queries of the token rows ``x`` (``batch`` sequences), keys and values of ``context`` (default ``x``),
+        each ``(batch, heads, n, d)``."""
         context = x if context is None else context
         return (
-            self.split_heads(self.to_q(x)),
-            self.split_heads(self.to_k(context)),
-            self.split_heads(self.to_v(context)),
+            self.split_heads(self.to_q(x), batch),
+            self.split_heads(self.to_k(context), batch),
+            self.split_heads(self.to_v(context), batch),
         )
 
 
@@ -52,8 +56,10 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
+        # two products on the halves of ``proj`` (views): the same numbers as chunking one product, without the copy
+        inner = self.proj.out_features // 2
+        weight, bias = self.proj.weight, self.proj.bias
+        return F.linear(x, weight[:inner], bias[:inner]) * F.gelu(F.linear(x, weight[inner:], bias[inner:]))
 
 
 class FeedForward(nn.Module):
@@ -88,22 +94,34 @@ class VideoTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
         """``x``: (B·F, N, C); ``context``: (B, L, D) → (B·F, N, C)."""
         bf, n, c = x.shape
+        b = bf // frames
+        # token rows (B·F·N, C), frame-major: every norm and projection is one row-wise op (a Gemm with its bias in
+        # ONNX); only the attention cores see heads
+        x = x.reshape(bf * n, c)
         # 1. sparse-causal self-attention over frames f+o (clamped)
-        q, k, v = self.attn1.qkv(self.norm1(x))  # (B·F, h, N, d)
+        q, k, v = self.attn1.qkv(self.norm1(x), bf)  # (B·F, h, N, d)
         x = x + self.attn1.merge_heads(kernels.sparse_causal_attention(q, k, v, frames, self.frame_offsets))
         # 2. cross-attention: every frame of a clip attends to the clip's condition
-        h = self.norm2(x).reshape(bf // frames, frames * n, c)  # (B, F·N, C)
-        q, k, v = self.attn2.qkv(h, context)
-        x = x + self.attn2.merge_heads(F.scaled_dot_product_attention(q, k, v)).reshape(bf, n, c)
+        q, k, v = self.attn2.qkv(self.norm2(x), b, context)  # q (B, h, F·N, d); k, v (B, h, L, d)
+        x = x + self.attn2.merge_heads(F.scaled_dot_product_attention(q, k, v))
         # 3. feed-forward
         x = x + self.ff(self.norm3(x))
         if not self.temporal:
-            return x
-        # 4. temporal attention across frames at each token
-        t = x.reshape(bf // frames, frames, n, c).transpose(1, 2).reshape(-1, frames, c)  # (B·N, F, C)
-        q, k, v = self.attn_temp.qkv(self.norm_temp(t))  # (B·N, h, F, d)
-        t = t + self.attn_temp.merge_heads(kernels.temporal_attention(q, k, v))
-        return t.reshape(bf // frames, n, frames, c).transpose(1, 2).reshape(bf, n, c)  # (B·F, N, C)
+            return x.reshape(bf, n, c)
+        # 4. temporal attention across frames at each token: norm and projections stay on the frame-major rows,
+        # q, k, v go straight to (B·N, h, F, d) and the output straight back
+        t = self.norm_temp(x)
+        attn = self.attn_temp
+        q, k, v = (self._across_frames(p(t), b, frames) for p in (attn.to_q, attn.to_k, attn.to_v))
+        o = kernels.temporal_attention(q, k, v)  # (B·N, h, F, d)
+        o = o.reshape(b, n, attn.heads, frames, -1).permute(0, 3, 1, 2, 4).reshape(bf * n, c)  # frame-major rows
+        return (x + attn.to_out[0](o)).reshape(bf, n, c)
+
+    def _across_frames(self, rows: torch.Tensor, b: int, frames: int) -> torch.Tensor:
+        """Frame-major token rows ``(B·F·N, C)`` → ``(B·N, heads, F, d)``: one sequence of frames per token."""
+        heads, c = self.attn_temp.heads, rows.shape[-1]
+        t = rows.reshape(b, frames, -1, heads, c // heads).permute(0, 2, 3, 1, 4)  # (B, N, h, F, d)
+        return t.reshape(-1, heads, frames, c // heads)
 
 
 class VideoTransformer(nn.Module):
