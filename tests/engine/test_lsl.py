@@ -279,3 +279,13 @@ def test_lsl_sink_markers(pylsl):
     assert events[3] == {"event": "end", "trs_in": 9, "processed": 1, "dropped": 1, "bad": 1, "lost": 0}
     clock_now = pylsl.local_clock() - (time.monotonic() - now)  # `now` on LSL's clock
     assert all(abs(stamp - clock_now) < 0.05 for stamp in stamps[:3]), (stamps, clock_now)
+
+
+def test_no_pylsl_without_lsl():
+    """Parsing every other source and sink kind, and importing this module, imports no pylsl."""
+    code = (
+        "import sys; from mindvideo.engine import lsl, sinks, sources; "
+        "sources.parse_source('stdin'); sinks.parse_sink('stdout'); sinks.parse_sink('lsl:x'); "
+        "assert 'pylsl' not in sys.modules, 'pylsl imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
