@@ -12,9 +12,12 @@ by default, sinks: a streamed ``.mp4`` and, except in the ``no-web`` condition, 
   PNGs). At the end each viewer's counters (clips, dropped, bad TRs) are checked against the stream's summary.
 
 The conditions run interleaved (``--reps`` rounds of no-web, web-0, web-3) so a drift in the machine's load hits
-all of them. Reported per condition: the stream's own per-TR latency (arrival of the TR completing a window →
-frames written by every sink, from ``--stats-json``) as p50 / p90 / p99 / max over all its runs, each run's p50
-(the spread between runs of one condition is the noise), clips, drops. Writes
+all of them; every run waits ``--settle`` seconds between ``ready:`` (and, for web-3, all viewers connected) and
+the first TR. Reported per condition, from the stream's ``--stats-json``: the per-TR latency (arrival of the TR
+completing a window → frames written by every sink) as p50 / p90 / p99 / max over all its runs and each run's p50
+(the spread between runs of one condition is the noise); the generation time per clip; the latency outside
+generation (latency − generation: queueing and every sink's ``write``, where a slow sink would show); clips and
+drops. Writes
 ``benchmarks/results/web_view-demo.json`` (device, commit, command, date).
 
     python benchmarks/web_view.py
@@ -151,7 +154,8 @@ def run_once(condition: str, args: argparse.Namespace, vectors: np.ndarray, work
                 else:
                     viewers.append(HttpViewer(url, f"v{i}"))
                     viewers[-1].start()
-            time.sleep(2.0)  # the pages load before the first TR
+            wait_for_viewers(url, VIEWERS)
+        time.sleep(args.settle)  # every condition: the same pause between ready (and the viewers) and the first TR
         feed(port, vectors, args.cadence)
         _, err = stream.communicate(timeout=600)
         if stream.returncode != 0:
@@ -161,11 +165,30 @@ def run_once(condition: str, args: argparse.Namespace, vectors: np.ndarray, work
         stream.kill()
     recorded = json.loads(stats.read_text())
     summary, latencies = recorded["summary"], [r["latency_s"] for r in recorded["trs"]]
+    generate = [r["generate_s"] for r in recorded["trs"]]
     expected = {"clips": summary["processed"], "dropped": summary["dropped"], "bad": summary.get("bad", 0)}
     for viewer in seen:
         counters = viewer["counters"] or {}
         viewer["counters_match_summary"] = all(counters.get(k) == v for k, v in expected.items())
-    return {"condition": condition, "latencies_s": latencies, "summary": _short(summary), "viewers": seen}
+    return {
+        "condition": condition,
+        "latencies_s": latencies,
+        "generate_s": generate,
+        "outside_generate_s": [a - b for a, b in zip(latencies, generate)],
+        "summary": _short(summary),
+        "viewers": seen,
+    }
+
+
+def wait_for_viewers(url: str, count: int, timeout_s: float = 60.0) -> None:
+    """Until ``count`` viewers (besides this probe) have polled the page's state."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}state?viewer=benchmark-probe", timeout=10) as response:
+            if json.loads(response.read())["counters"]["viewers"] >= count + 1:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"{count} viewers did not connect within {timeout_s:g} s")
 
 
 def _short(summary: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +210,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[condition] = {
             "latency_s": percentiles(pooled),
             "run_p50_s": [round(float(np.median(run["latencies_s"])), 4) for run in mine],
+            "generate_s": percentiles([v for run in mine for v in run["generate_s"]]),
+            "outside_generate_s": percentiles([v for run in mine for v in run["outside_generate_s"]]),
             "clips": [run["summary"]["processed"] for run in mine],
             "dropped": [run["summary"]["dropped"] for run in mine],
         }
@@ -208,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--cadence", type=float, default=0.4, help="Seconds between TRs (also --tr).")
     parser.add_argument("--reps", type=int, default=3, help="Rounds of the three conditions.")
+    parser.add_argument("--settle", type=float, default=5.0, help="Seconds between ready and the first TR.")
     parser.add_argument("--viewers", choices=["chromium", "http"], help="[default: chromium when found, else http]")
     parser.add_argument("--out", type=Path, default=RESULTS / "web_view-demo.json")
     args = parser.parse_args(argv)
@@ -226,11 +252,13 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.reps):
             for condition in CONDITIONS:
                 runs.append(run_once(condition, args, vectors, Path(tmp), f"{rep}-{condition}"))
-                print(f"{condition:7s} rep {rep}: p50 {np.median(runs[-1]['latencies_s']):.4f} s", flush=True)
+                p50 = {key: np.median(runs[-1][key]) for key in ("latencies_s", "generate_s", "outside_generate_s")}
+                print(f"{condition:7s} rep {rep}: p50 latency / generate / outside " + " / ".join(
+                    f"{v:.4f}" for v in p50.values()) + " s", flush=True)  # fmt: skip
     settings = {"model": "demo", "trs": args.trs, "frames": args.frames, "steps": args.steps}
     settings |= {"cadence_s": args.cadence, "threads": 1}
     record.update(settings=settings, viewers=args.viewers, reps=args.reps, results=aggregate(runs))
-    record["runs"] = [{k: v for k, v in run.items() if k != "latencies_s"} for run in runs]
+    record["runs"] = [{k: v for k, v in run.items() if not k.endswith("_s")} for run in runs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(record["results"], indent=1))
