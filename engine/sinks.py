@@ -121,7 +121,9 @@ class FileSink:
     temporary sibling and renamed into place by ``close``. ``.mp4`` is encoded clip by clip as clips arrive (H.264,
     constant memory for any scan length); ``.gif`` keeps every frame in memory until ``close`` (short scans only). The
     timeline stays aligned with the TRs: a clip with fewer frames (policy ``skip-frames``) is stretched to the nominal
-    count by repeating frames, and a dropped TR shows the previous frame held for one TR.
+    count by repeating frames, and a dropped TR (or one whose window was skipped by ``--on-bad-tr skip``) shows the
+    previous frame held for one TR. The file gets a new file's mode under the umask (0644 under 022); the temporary
+    file never outlives the sink: ``close`` renames it, ``abort`` or a failure to finish removes it.
     """
 
     def __init__(self, path: Path, fps: float, frames_per_tr: int | None = None):
@@ -169,9 +171,19 @@ class FileSink:
         self._stream.pix_fmt, self._stream.options = "yuv420p", {"crf": "18"}
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Finish the video and rename it into place."""
+        """Finish the video and rename it into place (on failure: remove the temporary file and raise)."""
         if self.tmp is None:
             return
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+        log.info("file sink: wrote %s", self.path)
+
+    def _finish(self) -> None:
         if self.path.suffix.lower() == ".gif":
             import imageio.v3 as iio
 
@@ -182,9 +194,6 @@ class FileSink:
                 self._container.mux(packet)
             self._container.close()
             self._container = None
-        os.replace(self.tmp, self.path)
-        self.tmp = None
-        log.info("file sink: wrote %s", self.path)
 
     def abort(self) -> None:
         """Drop the temporary file: no partial output."""
@@ -215,6 +224,7 @@ def encode_clip(clip: Clip) -> bytes:
         "warm": clip.warm,
         "degraded": clip.degraded,
         "settings": clip.settings,
+        "held": list(clip.held),
     }
     text = json.dumps(header).encode("utf-8")
     return struct.pack(">I", len(text)) + text + np.ascontiguousarray(clip.frames, dtype=np.uint8).tobytes()
@@ -234,7 +244,8 @@ def read_clips(stream: BinaryIO) -> Iterator[tuple[dict[str, Any], np.ndarray | 
         uint32 big-endian N  |  N bytes of UTF-8 JSON header  |  F·H·W·3 bytes: RGB uint8 (F, H, W, 3), C order
 
     with header ``{"tr", "frames", "height", "width", "channels": 3, "dtype": "uint8", "latency_s", "warm", "degraded",
-    "settings"}``; the end of the scan is a header-only message ``{"end": true, "summary": {...}}``.
+    "settings", "held"}`` (``held``: TR indices of the clip's window that were bad and replaced by the last good TR);
+    the end of the scan is a header-only message ``{"end": true, "summary": {...}}``.
     """
 
     def exact(n: int) -> bytes:
@@ -242,7 +253,7 @@ def read_clips(stream: BinaryIO) -> Iterator[tuple[dict[str, Any], np.ndarray | 
         while len(data) < n:
             chunk = stream.read(n - len(data))
             if not chunk:
-                raise EOFError(f"clip stream ended {n - len(data)} bytes early")
+                raise EOFError(f"clip stream ended inside a message: {len(data)} of its {n} bytes arrived")
             data += chunk
         return data
 

@@ -493,8 +493,12 @@ class StreamingDecoder:
         event)."""
         dropped = []
         with self._cond:
-            while self.policy == "block" and len(self._queue) >= self.max_queue and self._error is None:
-                self._cond.wait(timeout=0.5)
+            try:
+                while self.policy == "block" and len(self._queue) >= self.max_queue and self._error is None:
+                    self._cond.wait(timeout=0.5)
+            except KeyboardInterrupt:  # a stop signal: this window was received, so it is still decoded
+                self._queue.append(job)
+                raise
             self._raise_worker_error()
             while len(self._queue) >= self.max_queue:
                 old = self._queue.popleft()
