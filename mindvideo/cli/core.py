@@ -156,7 +156,8 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
     flag_value="local",
     metavar="[ADDRESS]",
     help="With --data: run the batches as shards on a Ray cluster: a running one's HOST:PORT (ray start --head), "
-    "ray://HOST:PORT or auto; alone, a local cluster on 127.0.0.1. Same output as without, bit for bit.",
+    "ray://HOST:PORT or auto; alone, a local cluster on 127.0.0.1. Same noise per window as without --ray: on CPU "
+    "the output equals a run with the workers' thread count bit for bit.",
 )
 @click.option(
     "--ray-workers",
@@ -164,7 +165,11 @@ def print_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
     help="With --ray: model-holding workers [default: one per GPU (--device cuda) or per --ray-cpus-per-worker CPUs].",
 )
 @click.option(
-    "--ray-cpus-per-worker", type=click.FloatRange(min=0), default=1.0, show_default=True, help="With --ray."
+    "--ray-cpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="With --ray: CPUs each worker reserves; it runs int(N) torch threads (at least 1).",
 )
 @click.option(
     "--ray-gpus-per-worker",

@@ -71,8 +71,12 @@ def ray_session(address: str, local_cpus: int | None = None) -> Iterator[Any]:
     if address == LOCAL:
         os.environ.update(LOOPBACK_ENV)
     check_address(address)
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise MindVideoError(
+            "expected Ray installed for --ray", "no module named ray", 'pip install -e ".[ray]" (or pip install ray)'
+        ) from None
     if ray.is_initialized():
         yield ray
         return

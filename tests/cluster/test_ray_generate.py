@@ -1,8 +1,10 @@
-"""``mindvideo generate --data PREPARED --ray``: a real local Ray cluster (127.0.0.1 only, two 1-CPU workers) on the
-demo model gives the single-process output bit for bit, reuses finished shards, survives a killed worker; bad
-addresses and option mixes are one line, exit 2, nothing written; without ``--ray`` Ray is never imported.
+"""``mindvideo generate --data PREPARED --ray``: a real local Ray cluster (two 1-CPU workers; every socket of its
+processes listens on 127.0.0.1 only) on the demo model gives the single-process output bit for bit, reuses finished
+shards, survives a killed worker; bad addresses and option mixes are one line, exit 2, nothing written; without
+``--ray`` Ray is never imported.
 
-The single-process reference runs with one torch thread, as each worker does (CPU sums depend on the thread count).
+The single-process reference runs in a fresh interpreter with one torch thread, as each worker does (CPU sums depend
+on the thread count).
 """
 
 from __future__ import annotations
@@ -68,6 +70,45 @@ def finish(process: subprocess.Popen) -> str:
     return stdout.decode()
 
 
+def process_tree(root: int) -> set[int]:
+    """``root`` and its descendants (from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+        except (ValueError, OSError):
+            continue
+    tree, grown = {root}, True
+    while grown:
+        grown = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grown = True
+    return tree
+
+
+def listening_addresses(root: int) -> set[str]:
+    """The IP addresses the TCP sockets of ``root``'s process tree listen on (/proc/net/tcp{,6}, state 0A)."""
+    inodes = set()
+    for pid in process_tree(root):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+                found.add(socket.inet_ntop(family, raw))
+    return found
+
+
 def shard_records(work: Path) -> dict[Path, dict]:
     return {p: json.loads(p.read_text()) for p in sorted(work.glob("*/shard-*.json"))}
 
@@ -89,7 +130,13 @@ def test_two_workers_equal_one_process_and_a_rerun_reuses_finished_shards(prep, 
             for seed in (1, 2)]  # fmt: skip
     reference = single_process(prep, runs)  # alongside the Ray job
     out, report, work = tmp_path / "recon.npy", tmp_path / "report", tmp_path / "recon.npy.shards"
-    stdout = finish(on_ray(prep, out, "--sweep", "seed=1,2", "--batch-size", 4, "--eval", report))
+    job = on_ray(prep, out, "--sweep", "seed=1,2", "--batch-size", 4, "--eval", report)
+    deadline = time.monotonic() + 180
+    while not shard_records(work) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    listening = listening_addresses(job.pid)  # the driver, GCS, raylet, agents and workers, while they run
+    stdout = finish(job)
+    assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
     finish(reference)
     refs = {seed: np.load(path) for seed, (path, _) in zip((1, 2), runs)}
     for seed in (1, 2):
