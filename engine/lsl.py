@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from mindvideo.engine.sources import Arrival
+from mindvideo.engine.sources_base import Arrival
 from mindvideo.errors import MindVideoError
 
 log = logging.getLogger(__name__)
