@@ -185,6 +185,7 @@ class StreamingDecoder:
         self._thread: threading.Thread | None = None
         self._on_clip: Callable[[Clip], None] | None = None
         self._on_event: Callable[[dict[str, Any]], None] | None = None
+        self._last_good: np.ndarray | None = None  # the last accepted TR's vector (raw or model-space)
         self._closing = self._aborting = False
         self._error: BaseException | None = None
         self.clips: list[Clip] = []  # threaded mode without on_clip
@@ -250,6 +251,7 @@ class StreamingDecoder:
         if reason is not None:
             return None, False, reason
         frame, warm = self.model_frame(vector, model_space)
+        self._last_good = vector
         return frame, warm, None
 
     def _next_job(
@@ -281,9 +283,8 @@ class StreamingDecoder:
             raise StreamStopped(f"expected a good TR at {where} (on-bad-tr stop)", reason, "fix the source")
         then = "holding the last good TR" if self.on_bad_tr == "hold" else "skipping the windows that hold it"
         log.warning("bad %s: %s; %s", where, reason, then)
-        last = self._windows.last_frame()
-        if last is not None:
-            return last
+        if self._last_good is not None:  # as if the scanner repeated its last good TR: the cleaner advances one TR,
+            return self.model_frame(self._last_good, model_space)[0]  # as it would have with the real one
         if self.transform is not None and not model_space:
             return self.transform.project(np.zeros(self.transform.n_raw, np.float32))
         return None if self._num_voxels is None else np.zeros(self._num_voxels, np.float32)

@@ -332,7 +332,3 @@ class WindowBuffer:
         self.next_tr = t + 1
         held = tuple(sorted({first + i for i in idx if self.frames[i][2]}))
         return WindowJob(t, window, arrival, all(self.frames[i][1] for i in idx), held)
-
-    def last_frame(self) -> np.ndarray | None:
-        """The newest frame pushed (``None`` before the first)."""
-        return self.frames[-1][0] if self.frames else None

@@ -228,7 +228,10 @@ def stream(**opts: Any) -> None:
     pydicom), a TCP socket on 127.0.0.1 or stdin; TCP/stdin frames are a 4-byte big-endian length then .npy bytes
     or raw float32. TCP/stdout clips are a 4-byte length, a JSON header, then uint8 RGB frames. Raw TRs are cleaned
     online (running high-pass + z-score) and projected with the checkpoint's data_transform/. When generation
-    falls behind, --policy drops the oldest windows, skips frames or lowers steps, and says so.
+    falls behind, --policy drops the oldest windows, skips frames or lowers steps, and says so. A bad TR
+    (malformed, not finite, implausible, unreadable) is reported and handled by --on-bad-tr. SIGINT, SIGTERM and
+    SIGHUP finish the scan with every clip written (exit 0); a fatal condition during the scan keeps every clip
+    made so far and the stats (exit 3); exit 2: nothing written.
 
     \b
     Examples:
