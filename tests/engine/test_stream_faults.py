@@ -16,8 +16,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from test_engine_stream_support import CHEAP, CHEAP_ARGS, connect, free_port, pipeline, stream_assets
 
+from mindvideo.cli import main
 from mindvideo.engine.sinks import FileSink
 from mindvideo.engine.sources import Arrival, encode_frame
 from mindvideo.engine.stream import (
@@ -277,6 +279,34 @@ def test_sigterm_and_sighup_finish_like_ctrl_c(setup, tmp_path, name):
     assert _frames(out / "live.mp4") == summary["processed"] * 2
     assert sorted(p.name for p in out.iterdir()) == ["live.mp4", "stats.json"]  # no hidden temporary file
     assert all((out / n).stat().st_mode & 0o777 == 0o644 for n in ("live.mp4", "stats.json"))  # umask 022
+
+
+def test_on_bad_tr_stop_exits_3_with_every_clip_written(setup, tmp_path):
+    _, _, run = setup
+    frames = [run[t] for t in range(10)]
+    frames[6] = _garbage("nan", run[6])
+    out, stats_json = tmp_path / "out" / "live.mp4", tmp_path / "out" / "stats.json"
+    base = ["stream", "--checkpoint", str(stream_assets().ckpt), *CHEAP_ARGS, "--threads", "1", "--policy", "block"]
+    args = [
+        *base,
+        "--source",
+        "stdin",
+        "--sink",
+        f"file:{out}",
+        "--stats-json",
+        str(stats_json),
+        "--on-bad-tr",
+        "stop",
+    ]
+    result = CliRunner().invoke(main, args, input=b"".join(encode_frame(f) for f in frames))
+    assert result.exit_code == 3, result.output
+    assert result.stderr.count("error: ") == 1 and "good TR at TR 6" in result.stderr and "non-finite" in result.stderr
+    summary = json.loads(stats_json.read_text())["summary"]
+    assert summary["ended"] == "error" and summary["bad_trs"][0]["action"] == "stop" and summary["trs_in"] == 6
+    assert _frames(out) == summary["processed"] * 2 > 0 and sorted(p.name for p in out.parent.iterdir()) == [
+        "live.mp4",
+        "stats.json",
+    ]
 
 
 def test_sigterm_before_any_tr_writes_nothing(tmp_path):
