@@ -152,6 +152,16 @@ def stdin_truncated(ctx: Ctx) -> None:
     ctx.target.close()
 
 
+def finite_junk(size: int) -> bytes:
+    """Random bytes that read as finite float32 values (a NaN among them would be caught as non-finite; these must
+    be caught as implausible)."""
+    for seed in range(7, 1000):
+        junk = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+        if np.isfinite(np.frombuffer(junk, "<f4")).all():
+            return junk
+    raise RuntimeError("no finite random bytes")
+
+
 def _cifti_bytes(scan: Scan, t: int, scratch: Path) -> bytes:
     """TR ``t`` as the bytes of a one-row CIFTI file (written by the soak's scanner, read back)."""
     scan.write_tr(scratch, t)
@@ -185,8 +195,7 @@ def folder_producer(fault: str | None = None) -> Callable[[Ctx], None]:
                 import nibabel as nib
 
                 offset = int(nib.Nifti2Header.from_fileobj(io.BytesIO(data)).get_data_offset())
-                junk = np.random.default_rng(7).integers(0, 256, 64, dtype=np.uint8).tobytes()
-                data = data[: offset + 40] + junk + data[offset + 104 :]
+                data = data[: offset + 40] + finite_junk(64) + data[offset + 104 :]
             elif t == BAD and fault == "slow-writer":  # two chunks, 3 s apart, written in place
                 with open(name, "wb") as handle:
                     handle.write(data[: len(data) // 2])
