@@ -113,7 +113,7 @@ class TorchBackend:
         check_guidance(self.unet_facts, guidance, "this checkpoint")
         sample = torch.from_numpy(x).to(self.device, self.dtype)
         timestep = torch.full((x.shape[0],), float(t), device=self.device)
-        g = None if guidance is None else torch.from_numpy(guidance_rows(guidance, x.shape[0])).to(self.device)
+        g = None if guidance is None else torch.tensor(guidance_rows(guidance, x.shape[0]), device=self.device)
         eps = self.unet(sample, timestep, cond, g) if g is not None else self.unet(sample, timestep, cond)
         return eps.float().contiguous().cpu().numpy()
 
