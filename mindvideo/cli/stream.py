@@ -198,13 +198,15 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
 )
 @click.option(
     "--settle",
-    type=float,
-    help="Folder source: seconds a file's size must stay unchanged before it is read [default: the source's].",
+    default=0.0,
+    show_default=True,
+    help="Folder source: seconds a file's size must stay unchanged before it is read.",
 )
 @click.option(
     "--reconnect-timeout",
-    type=float,
-    help="TCP source: seconds to wait for the sender to come back after a dropped connection [default: the source's].",
+    default=10.0,
+    show_default=True,
+    help="TCP/LSL source: seconds to wait for the sender to come back after it went away.",
 )
 @click.option("--connect-timeout", default=60.0, show_default=True, help="Seconds to wait for a TCP peer.")
 @click.option("--fps", type=float, help="Frame rate of file sinks [default: frames / TR].")
