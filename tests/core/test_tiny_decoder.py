@@ -63,6 +63,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "tiny_decoder").iterdir()) == [
         "config.json",
         "diffusion_pytorch_model.safetensors",
+        "weights.sha256",
     ]
     saved = json.loads((tmp_path / "tiny_decoder" / "config.json").read_text())
     assert saved["_class_name"] == "TinyDecoder" and saved["channels"] == [8, 8, 8, 8]
