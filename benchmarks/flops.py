@@ -16,9 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if not __package__:  # run as a file: this folder (it holds kernels.py) must not hide PyPI's `kernels` from diffusers
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 from mindvideo.benchmarks.provenance import provenance
 from mindvideo.checkpoint import sd15_vae_config
 from mindvideo.flops import BF16_RATE, markdown_table, sd15_flops

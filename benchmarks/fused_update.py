@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mindvideo.benchmarks.provenance import provenance
-from mindvideo.engine import StepCoefficients, loop
+from mindvideo.engine import StepCoefficients
 from mindvideo.engine.device_update import fused_update_torch
 from mindvideo.engine.host_loop import IMPLEMENTATIONS
 
@@ -77,8 +77,9 @@ def contenders(k: StepCoefficients, b: dict[str, np.ndarray]) -> dict[str, Calla
             y += k.n * t["noise"]
         t["x"].copy_(y)
 
+    twin = IMPLEMENTATIONS["python"].fused_update
     out = {
-        "numpy_twin": lambda: loop.fused_update(b["x"], b["pos"], b["neg"], GUIDANCE, k, state, noise),
+        "numpy_twin": lambda: twin(b["x"], b["pos"], b["neg"], GUIDANCE, k, state, noise),
         "numpy_f32": numpy_f32,
         "torch_f32": torch_f32,
         "torch_twin": lambda: fused_update_torch(

@@ -2,7 +2,7 @@
 # GPU checks and benchmarks on a CUDA machine (the package installed there: pip install -e ".[test,gpu]").
 #
 #   benchmarks/gpu.sh checks   the `gpu`-marked tests, then the kernel correctness grid and timings
-#                              (benchmarks/kernels.py)                       -> kernels-<device>.json, .png
+#                              (benchmarks/triton_kernels.py)                       -> kernels-<device>.json, .png
 #   benchmarks/gpu.sh bench    the real-time benchmark: CUDA-graph loop vs per-step loop vs eager fp32 and
 #                              fp16+SDPA at 60 frames, 25 steps, guided, SD-1.5 size, then the Runtime end to end
 #                              (benchmarks/e2e.py --gpu)                     -> e2e-gpu-<device>.json
@@ -84,7 +84,7 @@ fi
 run "$results/gpu-device.txt" nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 if [[ $part == checks || $part == all ]]; then
     run "$results/gpu-tests.log" python3 -m pytest -m gpu tests --ignore=tests/kernels -q -p no:cacheprovider
-    run "$results/gpu-kernels.log" python3 benchmarks/kernels.py --out-dir "$results"  # the tests/kernels grid first
+    run "$results/gpu-kernels.log" python3 benchmarks/triton_kernels.py --out-dir "$results"  # the tests/kernels grid first
 fi
 if [[ $part == bench || $part == all ]]; then
     run "$results/gpu-e2e.log" python3 benchmarks/e2e.py --gpu --repeats 3 --out-dir "$results"

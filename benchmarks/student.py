@@ -30,9 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-if not __package__:  # run as a file: this folder (it holds kernels.py) must not hide PyPI's `kernels` from diffusers
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import numpy as np
 import torch
 

@@ -31,7 +31,7 @@ def test_all_runs_the_gpu_tests_kernels_and_e2e_into_the_env_results_folder(tmp_
     assert [c[:3] for c in commands] == [
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],
         ["python3", "-m", "pytest"],
-        ["python3", "benchmarks/kernels.py", "--out-dir"],
+        ["python3", "benchmarks/triton_kernels.py", "--out-dir"],
         ["python3", "benchmarks/e2e.py", "--gpu"],
     ]
     assert "gpu" in commands[1] and commands[1][commands[1].index("-m", 2) + 1] == "gpu"
@@ -45,10 +45,10 @@ def test_all_runs_the_gpu_tests_kernels_and_e2e_into_the_env_results_folder(tmp_
 
 def test_results_option_wins_and_each_part_runs_its_own_steps(tmp_path):
     checks = _commands(_run(["checks", "--dry-run", "--results", "a"], tmp_path, {"MINDVIDEO_RESULTS": "b"}).stdout)
-    assert any("benchmarks/kernels.py" in c for c in checks) and not any("benchmarks/e2e.py" in c for c in checks)
+    assert any("benchmarks/triton_kernels.py" in c for c in checks) and not any("benchmarks/e2e.py" in c for c in checks)
     assert str(tmp_path / "a") in checks[-1] and not any(str(tmp_path / "b") in " ".join(c) for c in checks)
     bench = _commands(_run(["bench", "--dry-run"], tmp_path).stdout)
-    assert any("benchmarks/e2e.py" in c for c in bench) and not any("benchmarks/kernels.py" in c for c in bench)
+    assert any("benchmarks/e2e.py" in c for c in bench) and not any("benchmarks/triton_kernels.py" in c for c in bench)
     assert str(SCRIPT.parent / "results") in bench[-1]  # the default folder
 
 

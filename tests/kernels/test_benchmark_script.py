@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py: refuses without a GPU, and its bookkeeping (work, targets, files) is right."""
+"""benchmarks/triton_kernels.py: refuses without a GPU, and its bookkeeping (work, targets, files) is right."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "kernels.py"
+SCRIPT = ROOT / "benchmarks" / "triton_kernels.py"
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 One command on a CUDA machine, from the repository root::
 
-    python benchmarks/kernels.py                  # GPU correctness grid (pytest -m gpu tests/kernels), then timings
-    python benchmarks/kernels.py --skip-checks    # timings only (e.g. when the grid already ran)
-    python benchmarks/kernels.py --checks-only    # the correctness grid only
+    python benchmarks/triton_kernels.py                # correctness grid (pytest -m gpu tests/kernels), then timings
+    python benchmarks/triton_kernels.py --skip-checks  # timings only (e.g. when the grid already ran)
+    python benchmarks/triton_kernels.py --checks-only  # the correctness grid only
 
 Shapes: the SD-1.5 UNet at 256² (32×32 latent): N = 1024 / 256 / 64 tokens with head dims 40 / 80 / 160, 8 heads,
 F = 6, 16, 60 frames, batch 2 (classifier-free / adversarial guidance). Contenders:
@@ -45,7 +45,7 @@ OFFSETS = (-2, -1)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 NO_GPU = (
-    "benchmarks/kernels.py needs a CUDA GPU and found none: the Triton kernels only run compiled on a GPU "
+    "benchmarks/triton_kernels.py needs a CUDA GPU and found none: the Triton kernels only run compiled on a GPU "
     "(their CPU checks are `pytest tests/kernels`). Nothing was written."
 )
 TARGET_SPARSE = 1.3  # the goal: ≥ 1.3× over gather/concat + SDPA at N = 1024 with 60 frames
@@ -273,7 +273,7 @@ def device_slug(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="example: python benchmarks/kernels.py --dtype bf16 --frames 6 16 60",
+        epilog="example: python benchmarks/triton_kernels.py --dtype bf16 --frames 6 16 60",
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input precision (default bf16)")
     parser.add_argument("--frames", type=int, nargs="+", default=[6, 16, 60], help="clip lengths F (default 6 16 60)")
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_GPU, file=sys.stderr)
         return 2
     if importlib.util.find_spec("triton") is None:
-        print("benchmarks/kernels.py needs Triton (pip install triton). Nothing was written.", file=sys.stderr)
+        print("benchmarks/triton_kernels.py needs Triton (pip install triton). Nothing was written.", file=sys.stderr)
         return 2
 
     meta = run_provenance(args.dtype, args)  # before the run
