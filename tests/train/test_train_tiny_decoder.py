@@ -55,6 +55,7 @@ def test_output_and_metrics(distilled):
     assert sorted(p.name for p in (distilled / "model" / "tiny_decoder").iterdir()) == [
         "config.json",
         "diffusion_pytorch_model.safetensors",
+        "weights.sha256",
     ]
     metrics = read_metrics(distilled / "metrics.csv")
     assert [s for s, _ in metrics["train/loss"]] == [1, 50, 100, 150]
