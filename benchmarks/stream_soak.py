@@ -333,6 +333,7 @@ def measure(kind, rc, stats_json, out, sent, samples, args, wall, cmd) -> dict[s
         "cli_exit_0": rc == 0,
         "all_trs_decoded": summary.get("processed") == clips == summary.get("windows"),
         "none_dropped": summary.get("dropped") == 0,
+        "no_clean_tr_reported_bad": summary.get("bad") == 0,  # the simulated scan is clean: a bad TR is a false alarm
         "records_are_trs_0_to_n": [r["tr"] for r in records] == list(range(clips)),
         "video_has_every_frame": frames == clips * args.frames,
         "rss_growth_within_bound": rss.get("growth_after_warmup_mib", 1e9) <= args.rss_bound_mib,
@@ -346,6 +347,8 @@ def measure(kind, rc, stats_json, out, sent, samples, args, wall, cmd) -> dict[s
         "lost": clips - (summary.get("processed") or 0),
         "dropped": summary.get("dropped"),
         "degraded": summary.get("degraded"),
+        "bad_trs": summary.get("bad_trs"),
+        "source_events": summary.get("source"),
         "policy_actions": summary.get("policy_actions"),
         "video_frames": frames,
         "latency_decoder_s": _pct([r["latency_s"] for r in records]),
@@ -393,7 +396,7 @@ def print_result(r: dict[str, Any]) -> None:
     lat, e2e, rss = r["latency_decoder_s"], r["latency_end_to_end_s"], r["rss"]
     print(
         f"{r['source']:>6}: {r['clips']}/{r['expected_clips']} clips from {r['trs']} TRs (lag {r['lag_trs']}), "
-        f"lost {r['lost']}, dropped {r['dropped']}, "
+        f"lost {r['lost']}, dropped {r['dropped']}, bad {len(r['bad_trs'] or [])}, "
         f"degraded {r['degraded']}, {r['video_frames']} video frames, {r['wall_s']} s"
     )
     print(f"        latency decoder  p50 {lat['p50']} s  p95 {lat['p95']} s  max {lat['max']} s")
