@@ -9,7 +9,8 @@ tensor-core product, masks everything off the block diagonal (a row may only see
 and finishes softmax and the value product in registers. No online softmax is needed: a whole sequence fits.
 
 The extra products off the diagonal should cost little: at about F/2 FLOP per byte the op is bound by memory, not by
-the tensor cores, and every q/k/v element is still read exactly once (benchmarks/triton_kernels.py measures it on a GPU).
+the tensor cores, and every q/k/v element is still read exactly once (benchmarks/triton_kernels.py measures it on a
+GPU).
 
 Layout (shared with :mod:`.reference`): ``q, k, v, out`` are ``(B·N, heads, F, d)``, any strides.
 

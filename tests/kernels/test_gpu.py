@@ -1,7 +1,7 @@
 """The full GPU correctness grid: SD-1.5 attention shapes, fp16/bf16/fp32, clamping, ragged N, strided inputs.
 
-Runs only with CUDA (``pytest -m gpu tests/kernels``; ``benchmarks/triton_kernels.py`` runs it before timing). Tolerance:
-‖out − ref‖/‖ref‖ ≤ 1e-2 for bf16 and fp16 against the fp32-accumulating torch reference.
+Runs only with CUDA (``pytest -m gpu tests/kernels``; ``benchmarks/triton_kernels.py`` runs it before timing).
+Tolerance: ‖out − ref‖/‖ref‖ ≤ 1e-2 for bf16 and fp16 against the fp32-accumulating torch reference.
 """
 
 from __future__ import annotations
