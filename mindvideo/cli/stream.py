@@ -208,7 +208,9 @@ def _write_stats(path: Path | None, summary: dict[str, Any], records: list[dict[
     show_default=True,
     help="TCP/LSL source: seconds to wait for the sender to come back after it went away.",
 )
-@click.option("--connect-timeout", default=60.0, show_default=True, help="Seconds to wait for a TCP peer.")
+@click.option(
+    "--connect-timeout", default=60.0, show_default=True, help="Seconds to wait for a TCP peer or for an LSL stream."
+)
 @click.option("--fps", type=float, help="Frame rate of file sinks [default: frames / TR].")
 @click.option(
     "--warm-start",
