@@ -31,8 +31,9 @@ class Arrival:
 
 
 def fault_arrival(index: int, arrival: float, name: str, tr: int | None, reason: str) -> Arrival:
-    """An expected TR that could not be read (logged as a warning)."""
-    log.warning("TR %d (%s): %s", index, name, reason)
+    """An expected TR that could not be read. Logged at INFO only: the consumer (the streaming decoder) reports each
+    bad TR once, as a warning with its reason and what it did about it."""
+    log.info("TR %d (%s): %s", index, name, reason)
     return Arrival(index, None, arrival, name, tr=tr, fault=reason)
 
 

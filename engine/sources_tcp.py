@@ -115,7 +115,7 @@ class StreamSource:
 
     def _last_fault(self, count: int, reason: str, event: str) -> Arrival:
         self.events[event] += 1
-        log.warning("%s: ending the scan after %d TRs (%s)", self.label, count, reason)
+        log.warning("%s: the stream ended inside TR %d: ending the scan", self.label, count)
         return fault_arrival(count, time.monotonic(), f"{self.label}#{count}", count, reason)
 
     def _read(self, size: int) -> bytes:

@@ -5,6 +5,7 @@ a fatal condition, SIGTERM or SIGHUP keep every clip made so far in a valid file
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -307,6 +308,19 @@ def test_on_bad_tr_stop_exits_3_with_every_clip_written(setup, tmp_path):
         "live.mp4",
         "stats.json",
     ]
+
+
+def test_a_source_fault_is_reported_once(setup, tmp_path, caplog):
+    _, _, run = setup
+    cut = encode_frame(run[6])[:-100]  # the last frame cut short: a fault of the stdin source, then the end
+    out = tmp_path / "live.mp4"
+    base = ["stream", "--checkpoint", str(stream_assets().ckpt), *CHEAP_ARGS, "--threads", "1", "--policy", "block"]
+    args = [*base, "--source", "stdin", "--sink", f"file:{out}"]
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, args, input=b"".join(encode_frame(run[t]) for t in range(6)) + cut)
+    assert result.exit_code == 0, result.output
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "truncated" in r.getMessage()]
+    assert len(lines) == 1 and "holding the last good TR" in lines[0], lines
 
 
 def test_sigterm_before_any_tr_writes_nothing(tmp_path):
