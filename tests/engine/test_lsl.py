@@ -132,6 +132,11 @@ def test_lsl_stream_300_trs(pylsl, tmp_path):
         embedding.join(30.0)
         scores.join(30.0)
         _, err = proc.communicate(timeout=60.0)
+    except AssertionError as exc:  # say why when the stream process is the reason
+        if proc.poll() is not None:
+            why = f"mindvideo stream exited {proc.returncode}: {proc.stderr.read()[-3000:]}"
+            raise AssertionError(f"{exc}; {why}") from exc
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
