@@ -113,8 +113,10 @@ def test_lsl_stream_300_trs(pylsl, tmp_path):
     source, sink, stats = f"fmri-{tag}", f"mv-{tag}", tmp_path / "stats.json"
     outlet = _outlet(pylsl, source, "fMRI", 432)  # the demo transform's raw voxel count
     spec = f"lsl:{sink},classifier={DEMO.parent / 'classifier'}"
-    proc = _cli("--source", f"lsl:{source}", "--sink", spec, *CHEAP, "--policy", "block",
-                "--max-trs", TRS, "--connect-timeout", 60, "--stats-json", stats)  # fmt: skip
+    # --idle-timeout: the default (10 TRs = 1 s here) could end the scan while this test is still resolving the
+    # sink's three streams, before it sends the first TR; --max-trs ends it
+    proc = _cli("--source", f"lsl:{source}", "--sink", spec, *CHEAP, "--policy", "block", "--max-trs", TRS,
+                "--connect-timeout", 60, "--idle-timeout", 60, "--stats-json", stats)  # fmt: skip
     try:
         markers = Collector(_inlet(pylsl, f"{sink}-markers"), lambda: _ended(markers))
         embedding = Collector(_inlet(pylsl, f"{sink}-embedding"), lambda: _ended(markers))
