@@ -19,8 +19,9 @@ from mindvideo.train.tracking import read_metrics
 
 # One process sums the batch in one matmul, two in halves: float rounding differs, and Adam's normalisation
 # enlarges it for the few weights whose gradient is near zero. Outputs and losses match to TOLERANCE, weights to
-# WEIGHT_ATOL (a tenth of one Adam step at lr 1e-3).
-TOLERANCE, WEIGHT_ATOL = 2e-5, 1e-4
+# WEIGHT_ATOL (a tenth of one Adam step at lr 1e-3) except at most OUTLIERS of each tensor, which stay within
+# ADAM_BOUND: two runs' Adam steps differ by at most 2·lr each, 2 steps (a wrong reduction moves far more weights).
+TOLERANCE, WEIGHT_ATOL, OUTLIERS, ADAM_BOUND = 2e-5, 1e-4, 1e-3, 2 * 2 * 1e-3
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -102,7 +103,8 @@ def test_two_process_fsdp_equals_one_process(prepared, runs, tmp_path):
     run_stage("unet-text", config("unet-text", overrides), prepared, tmp_path / "single")
     _torchrun("unet-text", prepared, tmp_path / "fsdp", overrides, entry=("mindvideo", "train"))
     _same_losses(tmp_path / "single", tmp_path / "fsdp")
-    assert_same_weights(tmp_path / "single" / "model", tmp_path / "fsdp" / "model", WEIGHT_ATOL)
+    single_model, fsdp_model = tmp_path / "single" / "model", tmp_path / "fsdp" / "model"
+    assert_same_weights(single_model, fsdp_model, WEIGHT_ATOL, outliers=OUTLIERS, bound=ADAM_BOUND)
     single, fsdp = (load_unet(tmp_path / r / "model" / "unet") for r in ("single", "fsdp"))
     x, c = torch.randn(2, 4, 3, 4, 4), torch.randn(2, 16, single.config.cross_attention_dim)
     with torch.no_grad():
