@@ -60,11 +60,24 @@ def retain_freed_memory() -> bool:
 
 class TorchBackend:
     """PyTorch modules from a checkpoint folder, on ``device`` in ``dtype`` (the VAE stays fp32 under fp16; the tiny
-    decoder, ``CKPT/tiny_decoder`` read on first use, takes the VAE's dtype)."""
+    decoder, ``CKPT/tiny_decoder`` read on first use, takes the VAE's dtype).
+
+    ``freeze`` (default: on the CPU without ``compile``): ``denoise`` runs the UNet as a frozen TorchScript trace,
+    one per input shape (:class:`FrozenUNets`), which PyTorch's inference passes optimise for the CPU (weights folded
+    as constants, oneDNN-prepacked convolutions): the demo student at 60 frames on one thread, 78 → 69 ms per pass.
+    The eager module is what the device loop and ``device_unet`` call."""
 
     name = "torch"
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", dtype: str = "fp32", compile: bool = False):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        compile: bool = False,
+        freeze: bool | None = None,
+    ):
         from mindvideo.checkpoint import load_components
         from mindvideo.export.modules import network_module
         from mindvideo.pipeline import DTYPES, move
@@ -98,6 +111,9 @@ class TorchBackend:
             self.name = "torch-compile"
             self.unet = torch.compile(self.unet, dynamic=False)
             self.decoder = torch.compile(self.decoder, dynamic=False)
+        if freeze is None:
+            freeze = self.device.type == "cpu" and not compile
+        self.frozen = FrozenUNets(self.unet) if freeze else None
 
     @torch.inference_mode()
     def encode(self, fmri: np.ndarray) -> torch.Tensor:
@@ -114,7 +130,8 @@ class TorchBackend:
         sample = torch.from_numpy(x).to(self.device, self.dtype)
         timestep = torch.full((x.shape[0],), float(t), device=self.device)
         g = None if guidance is None else torch.tensor(guidance_rows(guidance, x.shape[0]), device=self.device)
-        eps = self.unet(sample, timestep, cond, g) if g is not None else self.unet(sample, timestep, cond)
+        inputs = (sample, timestep, cond) if g is None else (sample, timestep, cond, g)
+        eps = self.frozen(*inputs) if self.frozen is not None else self.unet(*inputs)
         return eps.float().contiguous().cpu().numpy()
 
     @property
@@ -149,6 +166,58 @@ class TorchBackend:
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+class FrozenUNets:
+    """The UNet as frozen TorchScript traces for inference, one per input signature (shapes, dtypes, whether g is
+    given), the most recent ``keep`` kept: ``torch.jit.trace`` → ``torch.jit.freeze`` →
+    ``torch.jit.optimize_for_inference``. A trace fixes every shape-derived value (frames, tokens) to the traced
+    call's, hence the key. The first call of a signature traces it (about a second for the demo UNet) and checks the
+    trace against the module on other inputs of that signature (a trace records data-dependent Python as constants);
+    if tracing fails or the check does, the eager module runs from then on, after one warning. Same function as the
+    module, to float rounding."""
+
+    tolerance = 1e-4  # max |trace − module| / max |module| on the check inputs
+
+    def __init__(self, module: torch.nn.Module, keep: int = 4):
+        self.module, self.keep = module, keep
+        self.traces: dict[tuple, Any] = {}
+        self.failed = False
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.failed:
+            return self.module(*inputs)
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        trace = self.traces.pop(key, None)
+        if trace is None:
+            trace = self._trace(inputs)
+            if trace is None:
+                return self.module(*inputs)
+            while len(self.traces) >= self.keep:
+                self.traces.pop(next(iter(self.traces)))
+        self.traces[key] = trace  # most recent last
+        return trace(*inputs)
+
+    def _trace(self, inputs: tuple[torch.Tensor, ...]):
+        import warnings
+
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings: the shape-derived values it fixes (our key)
+                example = tuple(t.clone() for t in inputs)  # inference tensors cannot be saved by the tracer
+                traced = torch.jit.trace(self.module.eval(), example, check_trace=False)
+                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                # other values of the same signature: a timestep, g and sample the trace never saw
+                probe = tuple(t * 0.75 + 0.125 if t.is_floating_point() else t for t in example)
+                want, got = self.module(*probe).float(), frozen(*probe).float()
+                error = float((want - got).abs().max() / want.abs().max().clamp_min(1e-12))
+                if not error <= self.tolerance:
+                    raise ValueError(f"the trace differs from the module by {error:.1e} (relative) on new inputs")
+                return frozen
+        except Exception as exc:  # any tracing problem: fall back to the module, loudly once
+            self.failed = True
+            log.warning("the UNet could not be frozen for inference (%s); running it eagerly", exc)
+            return None
 
 
 class OnnxRuntimeBackend:

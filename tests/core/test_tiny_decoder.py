@@ -50,6 +50,16 @@ def test_for_vae_picks_the_factor_and_decodes_to_the_vae_size(vae, factor, chann
     assert images.abs().max() <= 1.0
 
 
+@pytest.mark.parametrize(
+    ("vae", "channels", "layers"),
+    [(demo_vae_config(), (32, 16, 8), (2, 1, 1)), (sd15_vae_config(), (32, 16, 8, 4), (2, 1, 1, 1))],
+)
+def test_taper_halves_the_width_and_keeps_one_block_after_the_first_level(vae, channels, layers):
+    config = TinyDecoderConfig.for_vae(vae, width=32, blocks=2, taper=True)
+    assert config.channels == channels and config.layers_per_block == layers
+    assert TinyDecoder(config)(torch.randn(1, 4, 2, 2)).shape == (1, 3, 2 * config.factor, 2 * config.factor)
+
+
 def test_sd15_default_has_about_a_million_parameters():
     decoder = TinyDecoder(TinyDecoderConfig.for_vae(sd15_vae_config()))
     assert 0.8e6 < sum(p.numel() for p in decoder.parameters()) < 1.5e6

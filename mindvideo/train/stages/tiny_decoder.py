@@ -41,7 +41,8 @@ LOSSES = ("l1", "mse")
 class TinyDecoderStageConfig(StageConfig):
     """``vae``: the checkpoint whose VAE decoder is distilled (its root, its ``vae/`` folder or a vae stage output).
     ``decoder``: the full tiny-decoder config; unset, :meth:`TinyDecoderConfig.for_vae` builds one from the VAE with
-    ``width`` channels and ``blocks`` residual blocks per level. ``max_frames`` > 0 caches only that many evenly
+    ``width`` channels and ``blocks`` residual blocks per level (``taper``: halving the width and keeping one block at
+    each level after the first, see there). ``max_frames`` > 0 caches only that many evenly
     spaced training frames (the cache holds a latent and a uint8 VAE image per frame)."""
 
     stage = "tiny-decoder"
@@ -49,6 +50,7 @@ class TinyDecoderStageConfig(StageConfig):
     decoder: TinyDecoderConfig | None = None
     width: int = 64
     blocks: int = 3
+    taper: bool = False
     loss: str = "l1"
     frame_weight: float = 0.0
     max_frames: int = 0
@@ -77,11 +79,12 @@ class TinyDecoderStageConfig(StageConfig):
 
     @classmethod
     def demo(cls) -> TinyDecoderStageConfig:
-        """For the demo VAE (32-pixel frames): 32 channels, 2 blocks per level, CPU minutes."""
+        """For the demo VAE (32-pixel frames): tapered from 32 channels and 2 blocks at the latent level, (32, 16, 8)
+        channels; CPU minutes."""
         train = TrainConfig(
-            steps=1500, batch_size=32, lr=2e-3, warmup_steps=50, weight_decay=0.0, min_lr_ratio=0.05, threads=1
+            steps=4000, batch_size=32, lr=2e-3, warmup_steps=50, weight_decay=0.0, min_lr_ratio=0.05, threads=1
         )
-        return cls(train=train, width=32, blocks=2)
+        return cls(train=train, width=32, blocks=2, taper=True)
 
     @classmethod
     def reference(cls) -> TinyDecoderStageConfig:
@@ -127,7 +130,9 @@ class TinyDecoderStage(Stage):
     def build(self) -> TinyDecoderObjective:
         cfg: TinyDecoderStageConfig = self.config
         self.vae = dm.load_stage_vae(cfg.vae).to(self.device)
-        self.decoder_config = cfg.decoder or TinyDecoderConfig.for_vae(self.vae.config, cfg.width, cfg.blocks)
+        self.decoder_config = cfg.decoder or TinyDecoderConfig.for_vae(
+            self.vae.config, cfg.width, cfg.blocks, cfg.taper
+        )
         check_fits(self.decoder_config, self.vae.config)
         # 1. training pairs: latent (posterior mean) → the VAE decoder's image, cached once
         train = load_split(self.data, "train", video=True)

@@ -1,0 +1,76 @@
+"""The torch backend's frozen UNet (``TorchBackend(freeze=...)``, :class:`FrozenUNets`): the same function as the
+eager module, one trace per input signature, and the eager module when tracing fails."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from mindvideo.checkpoint import build_random_checkpoint
+from mindvideo.engine.backends import FrozenUNets, TorchBackend
+from mindvideo.engine.runtime import Runtime
+from mindvideo.pipeline import GenerationConfig
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return build_random_checkpoint(tmp_path_factory.mktemp("frozen") / "ckpt", "tiny", num_voxels=64, init_scale=0.02)
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_frozen_is_the_cpu_default_and_equals_eager(ckpt):
+    frozen, eager = TorchBackend(ckpt), TorchBackend(ckpt, freeze=False)
+    assert isinstance(frozen.frozen, FrozenUNets) and eager.frozen is None
+    rng = np.random.default_rng(0)
+    cond = frozen.encode(rng.standard_normal((2, 2, 64)).astype(np.float32))
+    for frames in (3, 5):  # two signatures: two traces, each fixed to its own frame count
+        x = rng.standard_normal((2, 4, frames, 8, 8)).astype(np.float32)
+        a, b = frozen.denoise(x, 500.0, cond), eager.denoise(x, 500.0, cond)
+        print(f"frozen vs eager at {frames} frames: max rel {relative(a, b):.2e}")
+        assert a.shape == b.shape and relative(a, b) <= 1e-5
+    assert len(frozen.frozen.traces) == 2
+    # a trace is reused, not re-made, for its signature
+    trace = next(iter(frozen.frozen.traces.values()))
+    frozen.denoise(rng.standard_normal((2, 4, 3, 8, 8)).astype(np.float32), 10.0, cond)
+    assert trace in frozen.frozen.traces.values() and len(frozen.frozen.traces) == 2
+
+
+def test_the_oldest_trace_goes_beyond_keep():
+    module = torch.nn.Linear(4, 4).eval()
+    frozen = FrozenUNets(module, keep=2)
+    inputs = [torch.randn(n, 4) for n in (1, 2, 3)]
+    with torch.inference_mode():
+        for x in inputs:
+            torch.testing.assert_close(frozen(x), module(x))
+        frozen(inputs[1])  # most recent: sizes 3, then 2
+    assert [k[0][0] for k in frozen.traces] == [(3, 4), (2, 4)]
+
+
+class Untraceable(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(x.numpy() * 2.0)  # leaves the graph: torch.jit.trace cannot record it
+
+
+def test_a_module_that_cannot_be_traced_runs_eagerly_after_one_warning(caplog):
+    frozen = FrozenUNets(Untraceable())
+    x = torch.arange(4.0)
+    with caplog.at_level(logging.WARNING, logger="mindvideo.engine.backends"), torch.inference_mode():
+        first, second = frozen(x), frozen(x + 1)
+    torch.testing.assert_close(first, x * 2)
+    torch.testing.assert_close(second, (x + 1) * 2)
+    warnings = [r for r in caplog.records if "could not be frozen" in r.getMessage()]
+    assert frozen.failed and len(warnings) == 1 and not frozen.traces
+
+
+def test_runtime_video_is_the_same_frozen_or_eager(ckpt):
+    cfg = GenerationConfig(num_frames=3, num_inference_steps=3, scheduler="dpm", guidance_scale=7.5)
+    fmri = np.random.default_rng(1).standard_normal((1, 2, 64)).astype(np.float32)
+    a = Runtime(TorchBackend(ckpt))(fmri, None, cfg, output="float")
+    b = Runtime(TorchBackend(ckpt, freeze=False))(fmri, None, cfg, output="float")
+    assert relative(a, b) <= 1e-5
