@@ -19,16 +19,24 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mindvideo.errors import MindVideoError
-from mindvideo.pipeline import GenerationConfig, check_fmri, check_negative_rows, check_student, generation_size
+from mindvideo.pipeline import (
+    TINY_CHUNK_FACTOR,
+    GenerationConfig,
+    check_fmri,
+    check_negative_rows,
+    check_student,
+    generation_size,
+)
 from mindvideo.sampling import SCHEDULERS, initial_latents, initial_noise, make_scheduler, step_noise
 
-from .backend_common import UNetFacts, check_profile
+from .backend_common import UNetFacts, check_profile, decoder_network
 from .host_loop import run_loop
 from .schedule import make_plan
 
@@ -250,11 +258,20 @@ class Runtime:
 
     def decode(self, latents: np.ndarray, chunk: int = 16, decoder: str = "vae") -> np.ndarray:
         """(B, C, F, h, w) → (B, 3, F, H, W) float32 in [0, 1] with the VAE decoder or (``decoder="tiny"``) the
-        backend's tiny decoder."""
+        backend's tiny decoder, ``chunk`` frames per call (the tiny decoder ``TINY_CHUNK_FACTOR`` times as many),
+        at most as many as an exported decoder's profile takes."""
         b, c, f, h, w = latents.shape
+        chunk = min(chunk * (TINY_CHUNK_FACTOR if decoder == "tiny" else 1), self.decoder_limit(decoder))
         flat = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
         images = np.concatenate([self.backend.decode(flat[i : i + chunk], decoder) for i in range(0, b * f, chunk)])
         return images.reshape(b, f, *images.shape[1:]).transpose(0, 2, 1, 3, 4)
+
+    def decoder_limit(self, decoder: str) -> int:
+        """The most frames one decode call of an exported decoder takes (its profile's ``frames`` maximum); no limit
+        for a backend that runs the module itself."""
+        spec = (getattr(self.backend, "specs", None) or {}).get(decoder_network(decoder))
+        axis = spec.inputs[0].shape[0] if spec is not None else None
+        return spec.axes[axis].max if isinstance(axis, str) else sys.maxsize
 
 
 def load_runtime(

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DECODERS = ("vae", "tiny")
+# the tiny decoder decodes this many times ``decode_chunk`` frames per call: its activations per frame are at most a
+# quarter of the VAE decoder's (a quarter of the channels at full resolution, no attention, no norms), so memory stays
+# bounded the same, and fewer, larger calls are faster (60 demo frames on one thread: 25 → 20 ms)
+TINY_CHUNK_FACTOR = 4
 
 
 @dataclass
@@ -41,7 +45,7 @@ class GenerationConfig:
     scheduler: str = "ddim"
     seed: int = 3407
     eta: float = 0.0
-    decode_chunk: int = 16  # frames per VAE decode call
+    decode_chunk: int = 16  # frames per VAE decode call (the tiny decoder: TINY_CHUNK_FACTOR times as many)
     decoder: str = "vae"  # "vae", or "tiny": the checkpoint's distilled tiny_decoder/ (much cheaper, less detail)
 
 
@@ -151,11 +155,12 @@ class MindVideoPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int = 16, decoder: str = "vae") -> torch.Tensor:
         """(B, 4, F, h, w) latents → (B, 3, F, H, W) float32 in [0, 1], decoding ``chunk`` frames per call with the
-        VAE decoder or (``decoder="tiny"``) the tiny decoder; both take the latents divided by the VAE scaling."""
+        VAE decoder or (``decoder="tiny"``) ``TINY_CHUNK_FACTOR × chunk`` with the tiny decoder; both take the latents
+        divided by the VAE scaling."""
         b, c, f, h, w = latents.shape
         flat = latents.transpose(1, 2).reshape(b * f, c, h, w) / self.vae_scaling  # (B·F, 4, h, w)
         if decoder == "tiny":
-            tiny = self.load_tiny_decoder()
+            tiny, chunk = self.load_tiny_decoder(), chunk * TINY_CHUNK_FACTOR
             frames = [tiny(flat[i : i + chunk].to(tiny.dtype)).float() for i in range(0, b * f, chunk)]
         else:
             dtype = next(self.vae.parameters()).dtype

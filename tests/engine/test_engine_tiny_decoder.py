@@ -209,3 +209,34 @@ def test_tensorrt_refuses_a_missing_tiny_decoder_graph(without_tiny):
         backend.check_decoder("tiny")
     with pytest.raises(MindVideoError, match="expected a decoder among"):
         backend.check_decoder("taesd")
+
+
+def test_decode_calls_take_the_tiny_factor_within_the_exported_profile(ckpt, fmri, tmp_path):
+    """The tiny decoder decodes TINY_CHUNK_FACTOR × decode_chunk frames per call, the VAE decode_chunk; never more
+    than an exported decoder's profile takes (here 4 frame latents, for 2 clips × 3 frames = 6)."""
+    from dataclasses import replace
+
+    from mindvideo.export import Axis, ExportSettings, SpecOptions, export_onnx
+    from mindvideo.pipeline import TINY_CHUNK_FACTOR
+
+    export_onnx(ckpt, tmp_path / "small", ExportSettings(spec=SpecOptions(frames=Axis(1, 3, 4))))
+    backends = {"torch": TorchBackend(ckpt), "onnxruntime": OnnxRuntimeBackend(tmp_path / "small")}
+    expected = {
+        ("torch", "tiny", 1): [TINY_CHUNK_FACTOR, 6 - TINY_CHUNK_FACTOR],
+        ("torch", "vae", 1): [1] * 6,
+        ("torch", "tiny", 16): [6],
+        ("onnxruntime", "tiny", 16): [4, 2],  # 64 wanted, the profile's 4 taken
+        ("onnxruntime", "vae", 16): [4, 2],
+    }
+    for (name, decoder, chunk), sizes in expected.items():
+        backend, seen = backends[name], []
+
+        def recording(latents, which="vae", backend=backend, seen=seen):
+            seen.append(len(latents))
+            return type(backend).decode(backend, latents, which)
+
+        backend.decode = recording
+        video = Runtime(backend)(fmri, None, replace(CFG, decoder=decoder, decode_chunk=chunk), output="float")
+        del backend.decode
+        assert seen == sizes, (name, decoder, chunk)
+        assert video.shape[:3] == (2, 3, 3)
