@@ -2,7 +2,7 @@
 
 CPU mode (any machine): a checkpoint (default: a tiny random one) through
   * ``pytorch``    — the reference-style eager PyTorch pipeline (diffusers ``scheduler.step`` loop),
-  * ``torch``      — eager PyTorch networks driven by the C sampling loop,
+  * ``torch``      — the PyTorch networks (on the CPU the UNet as a frozen TorchScript trace) driven by the C loop,
   * ``onnxruntime`` — the exported graphs (exported here first) driven by the C sampling loop,
 reporting per-stage latency, frames/s, UNet evaluations per clip (2·S for a guided teacher, S for a distilled
 student) and the ratio to ``pytorch`` measured in the same process.

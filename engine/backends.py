@@ -62,10 +62,10 @@ class TorchBackend:
     """PyTorch modules from a checkpoint folder, on ``device`` in ``dtype`` (the VAE stays fp32 under fp16; the tiny
     decoder, ``CKPT/tiny_decoder`` read on first use, takes the VAE's dtype).
 
-    ``freeze`` (default: on the CPU without ``compile``): ``denoise`` runs the UNet as a frozen TorchScript trace,
-    one per input shape (:class:`FrozenUNets`): no Python between its ops, so the demo student at 60 frames on one
-    thread takes 64 instead of 75 ms per pass.
-    The eager module is what the device loop and ``device_unet`` call."""
+    ``freeze`` (default: on the CPU without ``compile``; not with ``compile``): ``denoise`` runs the UNet as a frozen
+    TorchScript trace, one per input shape (:class:`FrozenUNets`): no Python between its ops, so the demo student at
+    60 frames on one thread takes 64 instead of 75 ms per pass (measured alone). The eager module is what the device
+    loop and ``device_unet`` call."""
 
     name = "torch"
 
@@ -82,6 +82,8 @@ class TorchBackend:
         from mindvideo.export.modules import network_module
         from mindvideo.pipeline import DTYPES, move
 
+        if freeze and compile:
+            raise MindVideoError("expected freeze or compile, not both", "freeze=True, compile=True", "pick one")
         parts = load_components(checkpoint)
         self.checkpoint, self.compiled = Path(checkpoint), compile
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
@@ -165,37 +167,49 @@ class TorchBackend:
         return module(torch.from_numpy(latents).to(self.device, dtype)).float().contiguous().cpu().numpy()
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+        info = {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+        info["frozen_unet"] = self.frozen is not None  # per-signature fallbacks: self.frozen.failed
+        return info
 
 
 class FrozenUNets:
     """The UNet as frozen TorchScript traces for inference, one per input signature (shapes, dtypes, whether g is
     given), the most recent ``keep`` kept: ``torch.jit.trace`` → ``torch.jit.freeze`` (weights folded in as
-    constants; ``torch.jit.optimize_for_inference``'s oneDNN rewrites measured slower here, 67 against 64 ms per
-    demo-student pass). What it saves is the Python around ~1,000 small ops per pass. A trace fixes every
-    shape-derived value (frames, tokens) to the traced call's, hence the key. The first call of a signature traces it
-    (about a second for the demo UNet) and checks the trace against the module on other inputs of that signature (a
-    trace records data-dependent Python as constants); if tracing fails or the check does, the eager module runs from
-    then on, after one warning. Same function as the module, to float rounding."""
+    constants, sharing the parameters' storage; ``torch.jit.optimize_for_inference``'s oneDNN rewrites measured slower
+    here, 67 against 64 ms per demo-student pass). What it saves is the Python around ~1,000 small ops per pass.
+
+    A trace fixes every shape-derived value (frames, tokens) to the traced call's, hence the key. The first call of a
+    signature runs the module itself (an input the module refuses raises here, as it would eagerly), then traces it
+    (about a second for the demo UNet) and spot-checks the trace against the module on inputs it never saw (a trace
+    records data-dependent Python as constants; the check catches a branch or a value that changes between the two
+    inputs, not every one). A signature whose tracing or check fails runs the module from then on, after one
+    warning. Same function as the module, to float rounding.
+
+    TorchScript is deprecated from torch 2.13 on (``torch.jit.trace`` and ``freeze`` warn; the warning is silenced
+    here). The pinned torch runs it; a release without it makes every signature fall back to the module, warning
+    once each."""
 
     tolerance = 1e-4  # max |trace − module| / max |module| on the check inputs
 
     def __init__(self, module: torch.nn.Module, keep: int = 4):
         self.module, self.keep = module, keep
         self.traces: dict[tuple, Any] = {}
-        self.failed = False
+        self.failed: set[tuple] = set()  # signatures that run the module
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        if self.failed:
-            return self.module(*inputs)
-        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
         trace = self.traces.pop(key, None)
         if trace is None:
-            trace = self._trace(inputs)
-            if trace is None:
-                return self.module(*inputs)
-            while len(self.traces) >= self.keep:
-                self.traces.pop(next(iter(self.traces)))
+            out = self.module(*inputs)  # the first call of a signature: the module's answer (or its error)
+            if key not in self.failed:
+                trace = self._trace(inputs)
+                if trace is None:
+                    self.failed.add(key)
+                else:
+                    while len(self.traces) >= self.keep:
+                        self.traces.pop(next(iter(self.traces)))
+                    self.traces[key] = trace
+            return out
         self.traces[key] = trace  # most recent last
         return trace(*inputs)
 
@@ -204,7 +218,9 @@ class FrozenUNets:
 
         try:
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TracerWarnings: the shape-derived values it fixes (our key)
+                # the shape-derived values a trace fixes (the key covers them), and TorchScript's deprecation notice
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
                 example = tuple(t.clone() for t in inputs)  # inference tensors cannot be saved by the tracer
                 traced = torch.jit.trace(self.module.eval(), example, check_trace=False)
                 frozen = torch.jit.freeze(traced)
@@ -215,9 +231,9 @@ class FrozenUNets:
                 if not error <= self.tolerance:
                     raise ValueError(f"the trace differs from the module by {error:.1e} (relative) on new inputs")
                 return frozen
-        except Exception as exc:  # any tracing problem: fall back to the module, loudly once
-            self.failed = True
-            log.warning("the UNet could not be frozen for inference (%s); running it eagerly", exc)
+        except Exception as exc:  # any tracing problem: this signature runs the module, said once
+            shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+            log.warning("the UNet could not be frozen for inputs %s (%s); running it eagerly for them", shapes, exc)
             return None
 
 

@@ -2,8 +2,8 @@
 
 The same encoder → loop → decoder pipeline as :class:`mindvideo.pipeline.MindVideoPipeline` (same noise convention,
 guidance, schedulers), but the loop is :func:`mindvideo.engine.run_loop` (C, GIL released, no Python per update) and
-the networks come from a backend (:mod:`mindvideo.engine.backends`): eager or compiled PyTorch, onnxruntime,
-TensorRT.
+the networks come from a backend (:mod:`mindvideo.engine.backends`): PyTorch (frozen, eager or compiled),
+onnxruntime, TensorRT.
 
 A distilled student (its UNet takes the guidance scale g as an input: ``backend.guidance_input``) runs as in the
 pipeline: only the positive conditions, one UNet pass of B rows per step with g bound into the denoiser
@@ -27,7 +27,6 @@ import numpy as np
 
 from mindvideo.errors import MindVideoError
 from mindvideo.pipeline import (
-    TINY_CHUNK_FACTOR,
     GenerationConfig,
     check_fmri,
     check_negative_rows,
@@ -193,7 +192,7 @@ class Runtime:
             latents = self.device_loop(plan, latents, cond, cfg.guidance_scale, noise)
         looped = time.perf_counter()
         # 3. decode per frame, in chunks
-        video = self.decode(latents, cfg.decode_chunk, cfg.decoder)
+        video = self.decode(latents, cfg.decode_frames(), cfg.decoder)
         self.times = StageTimes(encoded - start, looped - encoded, time.perf_counter() - looped, plan.num_steps)
         self.times.unet_evals = self.unet_evals(cfg)
         if output == "float":
@@ -258,10 +257,10 @@ class Runtime:
 
     def decode(self, latents: np.ndarray, chunk: int = 16, decoder: str = "vae") -> np.ndarray:
         """(B, C, F, h, w) → (B, 3, F, H, W) float32 in [0, 1] with the VAE decoder or (``decoder="tiny"``) the
-        backend's tiny decoder, ``chunk`` frames per call (the tiny decoder ``TINY_CHUNK_FACTOR`` times as many),
-        at most as many as an exported decoder's profile takes."""
+        backend's tiny decoder, ``chunk`` frames per call (``GenerationConfig.decode_frames``), at most as many as
+        an exported decoder's profile takes."""
         b, c, f, h, w = latents.shape
-        chunk = min(chunk * (TINY_CHUNK_FACTOR if decoder == "tiny" else 1), self.decoder_limit(decoder))
+        chunk = min(chunk, self.decoder_limit(decoder))
         flat = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
         images = np.concatenate([self.backend.decode(flat[i : i + chunk], decoder) for i in range(0, b * f, chunk)])
         return images.reshape(b, f, *images.shape[1:]).transpose(0, 2, 1, 3, 4)

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DECODERS = ("vae", "tiny")
-# the tiny decoder decodes this many times ``decode_chunk`` frames per call: its activations per frame are at most a
-# quarter of the VAE decoder's (a quarter of the channels at full resolution, no attention, no norms), so memory stays
-# bounded the same, and fewer, larger calls are faster (60 demo frames on one thread: 25 → 20 ms)
+# unless ``tiny_decode_chunk`` is set, the tiny decoder decodes this many times ``decode_chunk`` frames per call: at
+# SD-1.5 size the default tiny decoder's activations per frame are a quarter of the VAE decoder's (32 against 128
+# full-resolution channels, no attention, no norms), so memory stays bounded the same, and fewer, larger calls are
+# faster (60 demo frames on one thread, measured alone: 25 → 20 ms). A wider tiny decoder: set tiny_decode_chunk.
 TINY_CHUNK_FACTOR = 4
 
 
@@ -45,8 +46,16 @@ class GenerationConfig:
     scheduler: str = "ddim"
     seed: int = 3407
     eta: float = 0.0
-    decode_chunk: int = 16  # frames per VAE decode call (the tiny decoder: TINY_CHUNK_FACTOR times as many)
+    decode_chunk: int = 16  # frames per VAE decode call
     decoder: str = "vae"  # "vae", or "tiny": the checkpoint's distilled tiny_decoder/ (much cheaper, less detail)
+    tiny_decode_chunk: int | None = None  # frames per tiny-decoder call; None: TINY_CHUNK_FACTOR × decode_chunk
+
+    def decode_frames(self) -> int:
+        """Frames per decode call for ``decoder``: ``decode_chunk`` (the VAE), ``tiny_decode_chunk`` or
+        ``TINY_CHUNK_FACTOR × decode_chunk`` (the tiny decoder)."""
+        if self.decoder != "tiny":
+            return self.decode_chunk
+        return self.tiny_decode_chunk or TINY_CHUNK_FACTOR * self.decode_chunk
 
 
 class MindVideoPipeline:
@@ -154,13 +163,13 @@ class MindVideoPipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int = 16, decoder: str = "vae") -> torch.Tensor:
-        """(B, 4, F, h, w) latents → (B, 3, F, H, W) float32 in [0, 1], decoding ``chunk`` frames per call with the
-        VAE decoder or (``decoder="tiny"``) ``TINY_CHUNK_FACTOR × chunk`` with the tiny decoder; both take the latents
-        divided by the VAE scaling."""
+        """(B, 4, F, h, w) latents → (B, 3, F, H, W) float32 in [0, 1], decoding ``chunk`` frames per call
+        (:meth:`GenerationConfig.decode_frames` picks it for a config) with the VAE decoder or (``decoder="tiny"``)
+        the tiny decoder; both take the latents divided by the VAE scaling."""
         b, c, f, h, w = latents.shape
         flat = latents.transpose(1, 2).reshape(b * f, c, h, w) / self.vae_scaling  # (B·F, 4, h, w)
         if decoder == "tiny":
-            tiny, chunk = self.load_tiny_decoder(), chunk * TINY_CHUNK_FACTOR
+            tiny = self.load_tiny_decoder()
             frames = [tiny(flat[i : i + chunk].to(tiny.dtype)).float() for i in range(0, b * f, chunk)]
         else:
             dtype = next(self.vae.parameters()).dtype
@@ -249,7 +258,7 @@ class MindVideoPipeline:
                 start=start,
             )
         # 3. decode per frame
-        video = self.decode(latents, cfg.decode_chunk, cfg.decoder)
+        video = self.decode(latents, cfg.decode_frames(), cfg.decoder)
         out = video if output == "float" else (video.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8)
         return (out.numpy(), latents) if return_latents else out.numpy()  # (B, F, H, W, 3) uint8 or (B, 3, F, H, W)
 

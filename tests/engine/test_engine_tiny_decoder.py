@@ -212,8 +212,9 @@ def test_tensorrt_refuses_a_missing_tiny_decoder_graph(without_tiny):
 
 
 def test_decode_calls_take_the_tiny_factor_within_the_exported_profile(ckpt, fmri, tmp_path):
-    """The tiny decoder decodes TINY_CHUNK_FACTOR × decode_chunk frames per call, the VAE decode_chunk; never more
-    than an exported decoder's profile takes (here 4 frame latents, for 2 clips × 3 frames = 6)."""
+    """The tiny decoder decodes tiny_decode_chunk, by default TINY_CHUNK_FACTOR × decode_chunk, frames per call, the
+    VAE decode_chunk; never more than an exported decoder's profile takes (here 4 frame latents, for 2 clips × 3
+    frames = 6)."""
     from dataclasses import replace
 
     from mindvideo.export import Axis, ExportSettings, SpecOptions, export_onnx
@@ -221,14 +222,15 @@ def test_decode_calls_take_the_tiny_factor_within_the_exported_profile(ckpt, fmr
 
     export_onnx(ckpt, tmp_path / "small", ExportSettings(spec=SpecOptions(frames=Axis(1, 3, 4))))
     backends = {"torch": TorchBackend(ckpt), "onnxruntime": OnnxRuntimeBackend(tmp_path / "small")}
-    expected = {
-        ("torch", "tiny", 1): [TINY_CHUNK_FACTOR, 6 - TINY_CHUNK_FACTOR],
-        ("torch", "vae", 1): [1] * 6,
-        ("torch", "tiny", 16): [6],
-        ("onnxruntime", "tiny", 16): [4, 2],  # 64 wanted, the profile's 4 taken
-        ("onnxruntime", "vae", 16): [4, 2],
-    }
-    for (name, decoder, chunk), sizes in expected.items():
+    cases = [  # backend, decoder, decode_chunk, tiny_decode_chunk → the frames of each decode call
+        ("torch", "tiny", 1, None, [TINY_CHUNK_FACTOR, 6 - TINY_CHUNK_FACTOR]),
+        ("torch", "vae", 1, None, [1] * 6),
+        ("torch", "tiny", 16, None, [6]),
+        ("torch", "tiny", 16, 2, [2, 2, 2]),
+        ("onnxruntime", "tiny", 16, None, [4, 2]),  # 64 wanted, the profile's 4 taken
+        ("onnxruntime", "vae", 16, None, [4, 2]),
+    ]
+    for name, decoder, chunk, tiny_chunk, sizes in cases:
         backend, seen = backends[name], []
 
         def recording(latents, which="vae", backend=backend, seen=seen):
@@ -236,7 +238,8 @@ def test_decode_calls_take_the_tiny_factor_within_the_exported_profile(ckpt, fmr
             return type(backend).decode(backend, latents, which)
 
         backend.decode = recording
-        video = Runtime(backend)(fmri, None, replace(CFG, decoder=decoder, decode_chunk=chunk), output="float")
+        cfg = replace(CFG, decoder=decoder, decode_chunk=chunk, tiny_decode_chunk=tiny_chunk)
+        video = Runtime(backend)(fmri, None, cfg, output="float")
         del backend.decode
-        assert seen == sizes, (name, decoder, chunk)
+        assert seen == sizes, (name, decoder, chunk, tiny_chunk)
         assert video.shape[:3] == (2, 3, 3)
