@@ -307,12 +307,24 @@ class LslSource:
         log.warning("LSL source: stream %r lost; resolving it again for %.1f s", self.name, self.reconnect_timeout_s)
         with contextlib.suppress(Exception):
             self._inlet.close_stream()
-        try:
-            self._inlet = self._open(self.reconnect_timeout_s)
-        except MindVideoError as exc:
-            log.warning("LSL source: %r not back within %.1f s (%s): ending the scan", self.name,
-                        self.reconnect_timeout_s, exc.found)  # fmt: skip
-            return False
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        transient = (self.pylsl.util.LostError, self.pylsl.util.TimeoutError)
+        while True:
+            try:
+                self._inlet = self._open(max(deadline - time.monotonic(), self.poll_s))
+                break
+            except transient as exc:
+                # the resolver can still list the outlet that just went away: opening it fails at once; retry
+                # until the deadline (a stream that is back opens on a later try)
+                if time.monotonic() >= deadline or self._stop.is_set():
+                    log.warning("LSL source: %r not back within %.1f s (%s): ending the scan", self.name,
+                                self.reconnect_timeout_s, exc)  # fmt: skip
+                    return False
+                time.sleep(self.poll_s)
+            except MindVideoError as exc:
+                log.warning("LSL source: %r not back within %.1f s (%s): ending the scan", self.name,
+                            self.reconnect_timeout_s, exc.found)  # fmt: skip
+                return False
         self.events["reconnects"] += 1
         return True
 
