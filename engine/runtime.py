@@ -26,13 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mindvideo.errors import MindVideoError
-from mindvideo.pipeline import (
-    GenerationConfig,
-    check_fmri,
-    check_negative_rows,
-    check_student,
-    generation_size,
-)
+from mindvideo.pipeline import GenerationConfig, check_fmri, check_negative_rows, check_student, generation_size
 from mindvideo.sampling import SCHEDULERS, initial_latents, initial_noise, make_scheduler, step_noise
 
 from .backend_common import UNetFacts, check_profile, decoder_network
