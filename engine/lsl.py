@@ -312,21 +312,20 @@ class LslSource:
         while True:
             try:
                 self._inlet = self._open(max(deadline - time.monotonic(), self.poll_s))
-                break
+                self.events["reconnects"] += 1
+                return True
             except transient as exc:
                 # the resolver can still list the outlet that just went away: opening it fails at once; retry
                 # until the deadline (a stream that is back opens on a later try)
-                if time.monotonic() >= deadline or self._stop.is_set():
-                    log.warning("LSL source: %r not back within %.1f s (%s): ending the scan", self.name,
-                                self.reconnect_timeout_s, exc)  # fmt: skip
-                    return False
-                time.sleep(self.poll_s)
+                if time.monotonic() < deadline and not self._stop.is_set():
+                    time.sleep(self.poll_s)
+                    continue
+                reason = str(exc)
             except MindVideoError as exc:
-                log.warning("LSL source: %r not back within %.1f s (%s): ending the scan", self.name,
-                            self.reconnect_timeout_s, exc.found)  # fmt: skip
-                return False
-        self.events["reconnects"] += 1
-        return True
+                reason = exc.found
+            log.warning("LSL source: %r not back within %.1f s (%s): ending the scan", self.name,
+                        self.reconnect_timeout_s, reason)  # fmt: skip
+            return False
 
     def _arrival(self, stamp: float) -> float:
         """The sample's LSL timestamp (sender's clock) → this process's ``time.monotonic()``, never in the future."""

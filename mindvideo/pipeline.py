@@ -53,6 +53,13 @@ class GenerationConfig:
     def decode_frames(self) -> int:
         """Frames per decode call for ``decoder``: ``decode_chunk`` (the VAE), ``tiny_decode_chunk`` or
         ``TINY_CHUNK_FACTOR × decode_chunk`` (the tiny decoder)."""
+        chunks = (self.decode_chunk, self.tiny_decode_chunk)
+        if any(c is not None and (not isinstance(c, int) or c < 1) for c in chunks):
+            raise MindVideoError(
+                "expected decode_chunk and tiny_decode_chunk as whole numbers ≥ 1 (tiny_decode_chunk may be None)",
+                f"decode_chunk={self.decode_chunk!r}, tiny_decode_chunk={self.tiny_decode_chunk!r}",
+                "pick frames per decode call, e.g. 16",
+            )
         if self.decoder != "tiny":
             return self.decode_chunk
         return self.tiny_decode_chunk or TINY_CHUNK_FACTOR * self.decode_chunk

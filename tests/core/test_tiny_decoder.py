@@ -162,3 +162,14 @@ def test_stream_decoder_tiny_needs_the_folder(tiny_ckpt, tmp_path):
     result = run(*args, "--decoder", "tiny", "--backend", "torch")
     assert result.exit_code == 2 and "expected a tiny_decoder/ folder in the checkpoint" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("chunk", "tiny_chunk"), [(0, None), (16, 0), (16, -2), (2.5, None)])
+def test_decode_frames_refuses_a_chunk_below_one(chunk, tiny_chunk):
+    from mindvideo.errors import MindVideoError
+    from mindvideo.pipeline import GenerationConfig
+
+    with pytest.raises(MindVideoError, match="decode_chunk and tiny_decode_chunk"):
+        GenerationConfig(decoder="tiny", decode_chunk=chunk, tiny_decode_chunk=tiny_chunk).decode_frames()
+    assert GenerationConfig(decoder="tiny", decode_chunk=3).decode_frames() == 12
+    assert GenerationConfig(decoder="vae", decode_chunk=3, tiny_decode_chunk=5).decode_frames() == 3
