@@ -7,6 +7,7 @@ top-level ``engine`` or ``export`` module. ``tests/`` is not installed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
@@ -39,27 +40,48 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 packages, package_dir = _packages()
 
 
+# gcc/clang flags per extension. The sampling loop: no fused multiply-adds, so C == numpy twin bitwise. The attention
+# kernel: fused multiply-adds welcome (it is checked against the torch reference to a tolerance), POSIX threads.
+UNIX_FLAGS = {
+    "mindvideo.engine._host_loop": ["-ffp-contract=off"],
+    "mindvideo.kernels._attention_cpu": ["-pthread", "-Wno-psabi"],
+}
+FALLBACK = {
+    "mindvideo.engine._host_loop": "using the pure-Python sampling loop",
+    "mindvideo.kernels._attention_cpu": "temporal attention on the CPU uses torch's products",
+}
+
+
 class OptionalBuildExt(build_ext):
-    """Build the C sampling loop when a compiler is there; otherwise warn and keep going (the engine then uses its
-    pure-Python twin, ``mindvideo.engine.host_loop_numpy``), so an install never breaks on a missing compiler."""
+    """Build the C extensions when a compiler is there; otherwise warn and keep going (the engine then uses the
+    sampling loop's pure-Python twin, ``mindvideo.engine.host_loop_numpy``, and temporal attention torch's products),
+    so an install never breaks on a missing compiler."""
 
     def run(self) -> None:
         try:
             super().run()
         except (CCompilerError, ExecError, PlatformError, OSError) as exc:
-            self.warn(f"C extensions not built ({exc}); using the pure-Python sampling loop")
+            self.warn(f"C extensions not built ({exc}); using their Python fallbacks")
 
     def build_extension(self, ext: Extension) -> None:
-        if self.compiler.compiler_type == "unix":  # gcc/clang: no fused multiply-adds, so C == numpy twin bitwise
-            ext.extra_compile_args = [*ext.extra_compile_args, "-O3", "-ffp-contract=off"]
+        if self.compiler.compiler_type == "unix":
+            ext.extra_compile_args = [*ext.extra_compile_args, "-O3", *UNIX_FLAGS.get(ext.name, [])]
         try:
             super().build_extension(ext)
         except (CCompilerError, ExecError, PlatformError, OSError) as exc:
-            self.warn(f"building {ext.name} failed ({exc}); using the pure-Python sampling loop")
+            self.warn(f"building {ext.name} failed ({exc}); {FALLBACK[ext.name]}")
 
 
 # optional=True: setuptools skips a failed extension when copying in place / collecting editable outputs
-ext_modules = [Extension("mindvideo.engine._host_loop", sources=["engine/csrc/host_loop.c"], optional=True)]
+ext_modules = [
+    Extension("mindvideo.engine._host_loop", sources=["engine/csrc/host_loop.c"], optional=True),
+    Extension(
+        "mindvideo.kernels._attention_cpu",
+        sources=["kernels/csrc/attention_cpu.c"],
+        extra_link_args=["-pthread"] if sys.platform != "win32" else [],
+        optional=True,
+    ),
+]
 
 setup(
     name="mindvideo",

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from . import checks
+from . import cpu as _cpu  # noqa: F401  (registers the C kernel's backend)
 from . import reference as _reference  # noqa: F401  (registers the torch backends)
 from .reference import FrameOffsets
 from .registry import dispatch, register

@@ -11,9 +11,11 @@ from kernel_cases import HAS_CUDA, requires_triton
 
 from mindvideo import kernels
 from mindvideo.errors import MindVideoError
-from mindvideo.kernels import select
+from mindvideo.kernels import cpu, select
 
 OPS = ("sparse_causal_attention", "temporal_attention")
+# what CPU fp32 inputs get automatically: the fused C kernels where the extension was built
+CPU_AUTO = "cpu" if cpu.available() else "sdpa"
 
 
 def _sc_args(device="cpu", dtype=torch.float32, d=40):
@@ -35,12 +37,12 @@ def test_import_needs_neither_triton_nor_cuda():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "['triton', 'sdpa', 'reference', 'triton-interpret']" in done.stdout
+    assert "['triton', 'cpu', 'sdpa', 'reference', 'triton-interpret']" in done.stdout
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_backends_best_first(op):
-    built_in = ["triton", "sdpa", "reference", "triton-interpret"]
+    built_in = ["triton", "cpu", "sdpa", "reference", "triton-interpret"]
     # other packages may add backends (the ONNX export registers its plugin node for the sparse-causal op)
     assert [name for name in kernels.backends(op) if name in built_in] == built_in
 
@@ -51,18 +53,19 @@ def test_forcing_a_backend_for_one_op_leaves_the_other_alone():
             assert select("sparse_causal_attention", *_sc_args()).name == "sdpa"
             assert select("temporal_attention", *_t_args()).name == "reference"
             with kernels.use_backend(None, op="temporal_attention"):  # automatic again, for that op only
-                assert select("temporal_attention", *_t_args()).name == "sdpa"
+                assert select("temporal_attention", *_t_args()).name == CPU_AUTO
         assert select("sparse_causal_attention", *_sc_args()).name == "reference"
-    assert select("sparse_causal_attention", *_sc_args()).name == "sdpa"
+    assert select("sparse_causal_attention", *_sc_args()).name == CPU_AUTO
     with pytest.raises(ValueError, match="unknown attention op"):
         kernels.use_backend("sdpa", op="cross_attention").__enter__()
 
 
 def test_cpu_never_picks_triton_automatically():
-    """Even with TRITON_INTERPRET=1 (set by conftest without a GPU) CPU tensors go to SDPA: the interpreter is
-    orders of magnitude slower, so it runs only when named."""
-    assert select("sparse_causal_attention", *_sc_args()).name == "sdpa"
-    assert select("temporal_attention", *_t_args()).name == "sdpa"
+    """Even with TRITON_INTERPRET=1 (set by conftest without a GPU) CPU tensors go to the C kernels or SDPA: the
+    interpreter is orders of magnitude slower, so it runs only when named."""
+    assert select("sparse_causal_attention", *_sc_args()).name == CPU_AUTO
+    assert select("temporal_attention", *_t_args()).name == CPU_AUTO
+    assert select("temporal_attention", *_t_args(dtype=torch.float64)).name == "sdpa"
 
 
 def test_forcing_triton_on_cpu_explains():
@@ -94,10 +97,13 @@ def test_interpreter_backend_declines_what_the_kernels_cannot_take():
 
 
 def test_not_chosen_while_exporting(monkeypatch):
-    """Traced/exported graphs must hold plain ops: the Triton backends step aside."""
+    """Traced/exported graphs must hold plain ops: the Triton backends step aside under any trace, the C kernels
+    (torch ops a TorchScript trace can hold) inside an ONNX export."""
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     device = "cuda" if HAS_CUDA else "cpu"
     assert select("sparse_causal_attention", *_sc_args(device)).name == "sdpa"
+    assert select("temporal_attention", *_t_args(device)).name == "sdpa"
     with kernels.use_backend("triton-interpret"), pytest.raises(MindVideoError):
         select("sparse_causal_attention", *_sc_args())
 
