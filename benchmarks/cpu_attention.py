@@ -4,7 +4,8 @@
 Three levels, one thread, every A/B in interleaved blocks (A then B, then B then A, ...) so that a drift of the
 machine's speed hits both sides alike:
 
-* ``calls``: one call of each attention at the demo UNet's shapes for ``--frames`` frames (8×8 and 4×4 latents);
+* ``calls``: one call of each attention at the demo UNet's shapes for ``--frames`` frames (8×8 and 4×4 latents),
+  and at two shapes near the ``cpu`` backend's limit of 2¹⁶ scores per block;
 * ``pass``: one student UNet pass (B = 1) through the torch backend's frozen trace, which holds whichever kernels the
   backend chose when it was traced;
 * ``clip``: one student clip (4 LCM steps, tiny decoder) through the torch backend and the C sampling loop, as
@@ -72,12 +73,16 @@ def _with(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def call_shapes(frames: int) -> dict[str, tuple]:
-    """The demo UNet's attention calls at B = 1: (op, q shape, extra args) per call site."""
+    """The demo UNet's attention calls at B = 1 (op, q shape, extra args per call site), and two calls near the
+    ``cpu`` backend's block limit."""
     return {
         "temporal 8x8 (B·N, h, F, d)": ("temporal_attention", (64, 4, frames, 8), ()),
         "temporal 4x4": ("temporal_attention", (16, 4, frames, 16), ()),
         "sparse-causal 8x8 (B·F, h, N, d)": ("sparse_causal_attention", (frames, 4, 64, 8), (frames, (-2, -1))),
         "sparse-causal 4x4": ("sparse_causal_attention", (frames, 4, 16, 16), (frames, (-2, -1))),
+        # near the cpu backend's limit of 2^16 scores per block, with SD-1.5's head dim
+        "temporal F=256 d=40 (limit)": ("temporal_attention", (16, 8, 256, 40), ()),
+        "sparse-causal N=180 d=40 (limit)": ("sparse_causal_attention", (16, 8, 180, 40), (16, (-2, -1))),
     }
 
 
