@@ -29,3 +29,14 @@ def test_quick_recipe_runs_every_stage_into_a_loadable_checkpoint(tmp_path):
     again = CliRunner().invoke(main, ["train", "recipe", "demo", "--quick", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "recipe.json").read_text())["stages"] == record["stages"]
+
+
+def test_the_demo_recipe_runs_consistency_distillation_longer_than_the_preset(tmp_path):
+    from mindvideo.train.recipe import DemoRecipe, stage_config
+
+    demo = DemoRecipe()
+    assert stage_config("distill-guidance", demo, tmp_path).train.steps == 450  # the stage's demo preset
+    assert stage_config("distill-consistency", demo, tmp_path).train.steps == 1350
+    assert stage_config("distill-consistency", DemoRecipe.quick(), tmp_path).train.steps == 3  # tiny preset as is
+    mine = DemoRecipe(overrides={"distill-consistency": {"train.steps": 600}})
+    assert stage_config("distill-consistency", mine, tmp_path).train.steps == 600  # the user's override wins

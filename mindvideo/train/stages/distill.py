@@ -115,7 +115,8 @@ class DistillConfig(StageConfig):
     @classmethod
     def demo(cls) -> DistillConfig:
         """The demo model's student (both modes): g in (1, 8) around the demo's guidance 5, runs of 3 frames like
-        cotrain; 450 steps per mode keep both distillations within ~8 min on one CPU thread."""
+        cotrain; 450 steps per mode (~3.5 min each on one CPU thread). The demo recipe runs the consistency mode
+        for 1350 steps (``mindvideo.train.recipe.PRESET_STEPS``)."""
         train = TrainConfig(
             steps=450,
             batch_size=16,
