@@ -48,13 +48,13 @@ UNIX_FLAGS = {
 }
 FALLBACK = {
     "mindvideo.engine._host_loop": "using the pure-Python sampling loop",
-    "mindvideo.kernels._attention_cpu": "temporal attention on the CPU uses torch's products",
+    "mindvideo.kernels._attention_cpu": "attention on the CPU runs through torch (the sdpa backend)",
 }
 
 
 class OptionalBuildExt(build_ext):
     """Build the C extensions when a compiler is there; otherwise warn and keep going (the engine then uses the
-    sampling loop's pure-Python twin, ``mindvideo.engine.host_loop_numpy``, and temporal attention torch's products),
+    sampling loop's pure-Python twin, ``mindvideo.engine.host_loop_numpy``, and attention torch's sdpa backend),
     so an install never breaks on a missing compiler."""
 
     def run(self) -> None:

@@ -91,12 +91,20 @@ def temporal_supports(q, k, v, scale=None) -> bool:
 def _frames(num_frames) -> int:
     """``num_frames`` as an int: under ``torch.jit.trace`` a size read off a tensor arrives as a 0-d tensor (the
     trace then holds its value, as it holds every shape: the frozen UNet keeps one trace per shape)."""
-    return int(num_frames) if isinstance(num_frames, torch.Tensor) and num_frames.numel() == 1 else num_frames
+    integral = isinstance(num_frames, torch.Tensor) and num_frames.numel() == 1 and num_frames.dtype in _INT_DTYPES
+    return int(num_frames) if integral else num_frames
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def sparse_causal_supports(q, k, v, num_frames, frame_offsets=(-2, -1), scale=None) -> bool:
     num_frames = _frames(num_frames)
     if not _inference_fp32(q, k, v) or checks.sparse_causal_problem(q, k, v, num_frames, frame_offsets):
+        return False
+    try:
+        encode_offsets(frame_offsets)  # offsets of magnitude ≥ 2³⁰: the reference's path (it clamps them)
+    except ValueError:
         return False
     sources = len(tuple(frame_offsets))
     return sources <= MAX_SOURCES and sources * q.shape[2] ** 2 <= MAX_BLOCK_SCORES

@@ -21,9 +21,9 @@
  * padding, computed and thrown away. exp is range-reduced to [-ln2/2, ln2/2] and a degree-7 polynomial.
  *
  * Vectors are GCC/Clang vector extensions (16 floats); on x86-64 Linux the block loop is compiled for AVX-512,
- * AVX2+FMA and the baseline and picked at load time. Blocks are split over `threads` POSIX threads (the caller
- * passes torch's intra-op thread count); the GIL is released while they run. Each block is computed the same way
- * whatever the thread count, so results do not depend on it.
+ * AVX2+FMA and the baseline and picked at load time. Blocks are split over up to `threads` POSIX threads (the
+ * caller passes torch's intra-op thread count), at least MIN_BLOCKS_PER_THREAD blocks each; the GIL is released
+ * while they run. Each block is computed the same way whatever the thread count, so results do not depend on it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,7 +39,7 @@
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) /* GCC + glibc ifunc */
 #define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MULTIVERSION
@@ -48,7 +48,10 @@ typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 INLINE vf select_vf(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
-/* exp(x) for x <= 0 (the softmax's shifted scores): e^x = 2^n * e^r with n = round(x / ln 2) and
+/* Assumptions: finite inputs (no attention masks here). A NaN score goes through the x86 float-to-int conversion's
+ * "integer indefinite" and comes out NaN; a query whose scores are all -inf gets the mean of v (torch: NaN).
+ *
+ * exp(x) for x <= 0 (the softmax's shifted scores): e^x = 2^n * e^r with n = round(x / ln 2) and
  * r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in two so that r is exact), e^r by its Taylor series to r^7
  * (truncation error < 1e-8 relative) */
 INLINE vf exp_nonpositive(vf x) {
@@ -199,8 +202,10 @@ static void *run_work(void *arg) {
 }
 
 /* Split the blocks over `threads` threads (this one included); 0, or -1 when scratch could not be allocated. */
+#define MIN_BLOCKS_PER_THREAD 16 /* a thread is started per call: below this it costs more than it saves */
+
 static int run_split(const Work *base, Py_ssize_t blocks, int threads) {
-    if (threads > blocks) threads = (int)blocks;
+    if (threads > blocks / MIN_BLOCKS_PER_THREAD) threads = (int)(blocks / MIN_BLOCKS_PER_THREAD);
     if (threads < 1) threads = 1;
     Work *work = calloc((size_t)threads, sizeof(Work));
     pthread_t *ids = calloc((size_t)threads, sizeof(pthread_t));

@@ -50,6 +50,25 @@ def test_strided_inputs_are_read_in_place():
     torch.testing.assert_close(out, reference.temporal_reference(q.contiguous(), k, v), rtol=1e-5, atol=2e-6)
 
 
+def test_expanded_inputs_with_stride_zero():
+    q, k, v = _qkv((1, 2, 30, 8), seed=7)
+    k = k.expand(6, 2, 30, 8)  # one key set shared by every block
+    q, v = q.expand(6, 2, 30, 8) + torch.arange(6.0).view(6, 1, 1, 1), v.expand(6, 2, 30, 8)
+    assert k.stride(0) == 0 and v.stride(0) == 0
+    out = kernels.temporal_attention(q, k, v, backend="cpu")
+    torch.testing.assert_close(
+        out, reference.temporal_reference(q, k.contiguous(), v.contiguous()), rtol=1e-5, atol=2e-6
+    )
+
+
+def test_inference_mode_tensors():
+    q, k, v = _qkv((8, 4, 60, 8), seed=8)
+    with torch.inference_mode():
+        assert kernels.select("temporal_attention", q, k, v).name == "cpu"
+        out = kernels.sparse_causal_attention(q, k, v, 4)
+    torch.testing.assert_close(out, reference.sparse_causal_reference(q, k, v, 4), rtol=1e-5, atol=2e-6)
+
+
 def test_result_does_not_depend_on_the_thread_count():
     q, k, v = _qkv((64, 4, 60, 8), seed=5)
     before = torch.get_num_threads()
@@ -115,6 +134,22 @@ def test_sparse_causal_chosen_only_where_it_fits():
     assert kernels.select("sparse_causal_attention", q, k, v, 6, many).name != "cpu"
     big = _qkv((2, 1, 256, 4))  # 2 · 256² scores per block > MAX_BLOCK_SCORES
     assert kernels.select("sparse_causal_attention", *big, 2, (-2, -1)).name != "cpu"
+
+
+def test_sparse_causal_frame_count_as_a_0d_integer_tensor():
+    q, k, v = _qkv((12, 2, 16, 8), seed=9)
+    out = kernels.sparse_causal_attention(q, k, v, torch.tensor(6), (-2, -1), backend="cpu")  # as a trace may pass it
+    torch.testing.assert_close(out, reference.sparse_causal_reference(q, k, v, 6), rtol=1e-5, atol=2e-6)
+    for not_a_count in (torch.tensor(6.0), torch.tensor(True)):
+        assert not cpu.sparse_causal_supports(q, k, v, not_a_count)
+
+
+def test_sparse_causal_offsets_beyond_the_kernels_range_go_to_the_reference_path():
+    q, k, v = _qkv((6, 2, 8, 8), seed=10)
+    offsets = (-(2**31),)  # clamps to frame 0 everywhere; the C kernel's int encoding cannot hold it
+    assert kernels.select("sparse_causal_attention", q, k, v, 3, offsets).name == "sdpa"
+    out = kernels.sparse_causal_attention(q, k, v, 3, offsets)
+    torch.testing.assert_close(out, reference.sparse_causal_reference(q, k, v, 3, (None,)), rtol=1e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize(
