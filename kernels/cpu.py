@@ -88,14 +88,14 @@ def temporal_supports(q, k, v, scale=None) -> bool:
     return _inference_fp32(q, k, v) and q.shape[2] ** 2 <= MAX_BLOCK_SCORES
 
 
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
 def _frames(num_frames) -> int:
     """``num_frames`` as an int: under ``torch.jit.trace`` a size read off a tensor arrives as a 0-d tensor (the
     trace then holds its value, as it holds every shape: the frozen UNet keeps one trace per shape)."""
     integral = isinstance(num_frames, torch.Tensor) and num_frames.numel() == 1 and num_frames.dtype in _INT_DTYPES
     return int(num_frames) if integral else num_frames
-
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def sparse_causal_supports(q, k, v, num_frames, frame_offsets=(-2, -1), scale=None) -> bool:
